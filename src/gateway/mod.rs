@@ -1,0 +1,3 @@
+//! Payment gateways nicebill speaks to. Today only NICEPAY.
+
+pub mod nicepay;

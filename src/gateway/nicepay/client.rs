@@ -1,0 +1,821 @@
+//! The HTTP client for the five APIs.
+//!
+//! Every call builds an EUC-KR form (refusing bad input before anything is sent), posts it,
+//! parses the answer and classifies it through [`super::codes`]. Success answers are checked
+//! against the request (TID, amount, cancel `Signature`); a mismatch is an error of class
+//! `Unknown`, never a success.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::codes::{self, Class, Transport};
+use super::response::{self, Fields, ParseError};
+use super::tid::TidGenerator;
+use super::{Api, Charset, EdiType, crypto, edi_date, form::FormBuilder, limits, sign};
+use crate::clock::SharedClock;
+use crate::domain::{Bid, CardDetails, FieldError, Krw, MerchantKey, Mid, Moid, Tid};
+
+/// Where NICEPAY (or the simulator) lives. `https` always; plain `http` only for loopback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseUrl(reqwest::Url);
+
+impl BaseUrl {
+    pub fn parse(text: &str) -> Result<Self, FieldError> {
+        const FIELD: &str = "base_url";
+        let url = reqwest::Url::parse(text.trim())
+            .map_err(|e| FieldError::new(FIELD, format!("{text:?} is not a URL: {e}")))?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(FieldError::new(FIELD, "must not have a query or fragment"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(FieldError::new(FIELD, "must not carry credentials"));
+        }
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => return Err(FieldError::new(FIELD, format!("{text:?} has no host"))),
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(FieldError::new(
+                    FIELD,
+                    format!(
+                        "{text:?} uses plain http to a non-loopback host; card data and keys must travel over https (http is allowed only for 127.0.0.1/localhost simulators)"
+                    ),
+                ));
+            }
+            other => {
+                return Err(FieldError::new(
+                    FIELD,
+                    format!("scheme {other:?} is not supported; use https"),
+                ));
+            }
+        }
+        Ok(Self(url))
+    }
+
+    pub fn endpoint(&self, api: Api) -> String {
+        format!("{}{}", self.0.as_str().trim_end_matches('/'), api.path())
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// Everything the client needs to know; built from the `[nicepay]` config section.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub base_url: BaseUrl,
+    pub mid: Mid,
+    pub key: MerchantKey,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub charset: Charset,
+    pub edi_type: EdiType,
+}
+
+impl ClientSettings {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(25);
+
+    pub fn new(base_url: BaseUrl, mid: Mid, key: MerchantKey) -> Self {
+        Self {
+            base_url,
+            mid,
+            key,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: Self::DEFAULT_READ_TIMEOUT,
+            charset: Charset::EucKr,
+            edi_type: EdiType::Json,
+        }
+    }
+}
+
+/// Optional buyer details sent with billkey issue and approval.
+#[derive(Clone, Debug, Default)]
+pub struct Buyer {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub tel: Option<String>,
+}
+
+impl Buyer {
+    fn add_to(&self, form: &mut FormBuilder) -> Result<(), FieldError> {
+        form.optional("BuyerName", self.name.as_deref(), limits::BUYER_NAME)?
+            .optional("BuyerEmail", self.email.as_deref(), limits::BUYER_EMAIL)?
+            .optional("BuyerTel", self.tel.as_deref(), limits::BUYER_TEL)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct IssueRequest {
+    pub moid: Moid,
+    pub card: CardDetails,
+    pub buyer: Buyer,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApproveRequest {
+    pub bid: Bid,
+    /// Made by the caller (see [`NicepayClient::new_tid`]) and stored before sending.
+    pub tid: Tid,
+    pub moid: Moid,
+    pub amount: Krw,
+    pub goods_name: String,
+    /// `00` lump sum, `02`, `03`, … months.
+    pub card_quota: String,
+    /// Merchant-paid interest-free installments (`CardInterest=1`).
+    pub interest_free: bool,
+    pub buyer: Buyer,
+    pub mall_reserved: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CancelRequest {
+    pub tid: Tid,
+    pub moid: Moid,
+    pub amount: Krw,
+    pub reason: String,
+    pub partial: bool,
+    pub mall_reserved: Option<String>,
+}
+
+/// A NICEPAY answer that carried a ResultCode.
+#[derive(Clone, Debug)]
+pub struct Reply<T> {
+    pub api: Api,
+    pub result_code: String,
+    pub result_msg: String,
+    pub class: Class,
+    /// The parsed success fields: present exactly when `class` is `Approved` and NICEPAY
+    /// returned the fields for it.
+    pub data: Option<T>,
+    pub fields: Fields,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BillkeyIssued {
+    pub bid: Bid,
+    pub tid: Option<String>,
+    pub auth_date: Option<String>,
+    pub card_code: Option<String>,
+    pub card_name: Option<String>,
+    pub card_cl: Option<String>,
+    pub acqu_card_code: Option<String>,
+    pub acqu_card_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Approval {
+    pub tid: Tid,
+    pub moid: Moid,
+    pub amount: Krw,
+    pub auth_code: Option<String>,
+    pub auth_date: Option<String>,
+    /// Masked by NICEPAY (`12345678****1234`).
+    pub card_no: Option<String>,
+    pub card_code: Option<String>,
+    pub card_name: Option<String>,
+    pub card_quota: Option<String>,
+    pub card_cl: Option<String>,
+    pub cc_part_cl: Option<String>,
+    pub card_interest: Option<String>,
+    pub acqu_card_code: Option<String>,
+    pub acqu_card_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BillkeyRemoved {
+    pub tid: Option<String>,
+    pub bid: Option<String>,
+    pub auth_date: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Cancellation {
+    pub tid: Tid,
+    pub cancel_amount: Krw,
+    pub remain_amount: Option<Krw>,
+    pub cancel_date: Option<String>,
+    pub cancel_time: Option<String>,
+    pub cancel_num: Option<String>,
+    pub pay_method: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxState {
+    /// `Status=0`: an approved transaction exists.
+    Approved,
+    /// `Status=1`: it was approved and then cancelled.
+    Cancelled,
+    /// `Status=9`: no approved transaction has this TID.
+    NotFound,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TxStatus {
+    pub tid: Tid,
+    pub state: TxState,
+    pub auth_code: Option<String>,
+    pub auth_date: Option<String>,
+}
+
+/// A call that produced no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{0} (refused before sending)")]
+    Input(#[from] FieldError),
+    #[error("{api}: {detail}", api = api.as_str())]
+    Transport {
+        api: Api,
+        failure: Transport,
+        detail: String,
+    },
+}
+
+impl CallError {
+    pub fn class(&self) -> Class {
+        match self {
+            CallError::Input(_) => Class::RequestError,
+            CallError::Transport { failure, .. } => codes::classify_transport(*failure),
+        }
+    }
+
+    fn transport(api: Api, failure: Transport, detail: impl Into<String>) -> Self {
+        CallError::Transport {
+            api,
+            failure,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The class of any call's result.
+pub fn class_of<T>(result: &Result<Reply<T>, CallError>) -> Class {
+    match result {
+        Ok(reply) => reply.class,
+        Err(e) => e.class(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct BuildError(#[from] reqwest::Error);
+
+pub struct NicepayClient {
+    http: reqwest::Client,
+    settings: ClientSettings,
+    clock: SharedClock,
+    tids: TidGenerator,
+}
+
+impl std::fmt::Debug for NicepayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NicepayClient")
+            .field("base_url", &self.settings.base_url.as_str())
+            .field("mid", &self.settings.mid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NicepayClient {
+    pub fn new(settings: ClientSettings, clock: SharedClock) -> Result<Self, BuildError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.read_timeout)
+            .timeout(settings.connect_timeout + settings.read_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("nicebill/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let tids = TidGenerator::new(settings.mid.clone());
+        Ok(Self {
+            http,
+            settings,
+            clock,
+            tids,
+        })
+    }
+
+    pub fn mid(&self) -> &Mid {
+        &self.settings.mid
+    }
+
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    /// A fresh billing TID, unique within this process.
+    pub fn new_tid(&self) -> Tid {
+        self.tids.next(self.clock.now())
+    }
+
+    fn base_form(&self, form: &mut FormBuilder, edi: &str) -> Result<(), FieldError> {
+        form.field("MID", self.settings.mid.as_str(), 10)?
+            .field("EdiDate", edi, 14)?
+            .field("CharSet", self.settings.charset.as_str(), 10)?
+            .field("EdiType", self.settings.edi_type.as_str(), 10)?;
+        Ok(())
+    }
+
+    pub async fn issue_billkey(
+        &self,
+        req: &IssueRequest,
+    ) -> Result<Reply<BillkeyIssued>, CallError> {
+        let api = Api::BillkeyIssue;
+        let edi = edi_date(self.clock.now());
+        let key = &self.settings.key;
+        let mut form = FormBuilder::new();
+        self.base_form(&mut form, &edi)?;
+        form.field("Moid", req.moid.as_str(), limits::MOID)?
+            .field(
+                "EncData",
+                &crypto::encrypt(&req.card.enc_plaintext(), key),
+                512,
+            )?
+            .field(
+                "SignData",
+                &sign::billkey_issue(self.settings.mid.as_str(), &edi, req.moid.as_str(), key),
+                64,
+            )?;
+        req.buyer.add_to(&mut form)?;
+        let fields = self
+            .post(api, form.finish(), Some(req.moid.as_str()), None)
+            .await?;
+        finish(api, fields, |f| {
+            Ok(BillkeyIssued {
+                bid: Bid::new(f.require("BID")?)?,
+                tid: f.opt("TID"),
+                auth_date: f.opt("AuthDate"),
+                card_code: f.opt("CardCode"),
+                card_name: f.opt("CardName"),
+                card_cl: f.opt("CardCl"),
+                acqu_card_code: f.opt("AcquCardCode"),
+                acqu_card_name: f.opt("AcquCardName"),
+            })
+        })
+    }
+
+    pub async fn approve(&self, req: &ApproveRequest) -> Result<Reply<Approval>, CallError> {
+        let api = Api::Approve;
+        if req.amount.value() < 1 {
+            return Err(FieldError::new("Amt", "must be at least 1 KRW").into());
+        }
+        let quota_ok = req.card_quota.len() == 2
+            && req.card_quota.bytes().all(|b| b.is_ascii_digit())
+            && req.card_quota != "01";
+        if !quota_ok {
+            return Err(FieldError::new(
+                "CardQuota",
+                format!(
+                    "{:?}: must be 00 (lump sum) or 02..99 months",
+                    req.card_quota
+                ),
+            )
+            .into());
+        }
+        super::check_goods_name(&req.goods_name)?;
+        let edi = edi_date(self.clock.now());
+        let amt = req.amount.to_string();
+        let mid = self.settings.mid.as_str();
+        let mut form = FormBuilder::new();
+        self.base_form(&mut form, &edi)?;
+        form.field("BID", req.bid.as_str(), 30)?
+            .field("TID", req.tid.as_str(), 30)?
+            .field("Moid", req.moid.as_str(), limits::MOID)?
+            .field("Amt", &amt, 12)?
+            .field("GoodsName", &req.goods_name, limits::GOODS_NAME)?
+            .field("CardInterest", if req.interest_free { "1" } else { "0" }, 1)?
+            .field("CardQuota", &req.card_quota, 2)?
+            .field(
+                "SignData",
+                &sign::approve(
+                    mid,
+                    &edi,
+                    req.moid.as_str(),
+                    &amt,
+                    req.bid.as_str(),
+                    &self.settings.key,
+                ),
+                64,
+            )?
+            .optional(
+                "MallReserved",
+                req.mall_reserved.as_deref(),
+                limits::MALL_RESERVED,
+            )?;
+        req.buyer.add_to(&mut form)?;
+        let fields = self
+            .post(
+                api,
+                form.finish(),
+                Some(req.moid.as_str()),
+                Some(req.tid.as_str()),
+            )
+            .await?;
+        finish(api, fields, |f| {
+            let tid = f.opt("TID").unwrap_or_else(|| req.tid.to_string());
+            let amount = f.amount("Amt")?;
+            if tid != req.tid.as_str() || amount != req.amount {
+                return Err(Untrusted(format!(
+                    "approval answer does not match the request (TID {tid}, Amt {amount})"
+                ))
+                .into());
+            }
+            if let Some(moid) = f.opt("Moid")
+                && moid != req.moid.as_str()
+            {
+                return Err(Untrusted(format!("approval answer is for Moid {moid}")).into());
+            }
+            Ok(Approval {
+                tid: req.tid.clone(),
+                moid: req.moid.clone(),
+                amount,
+                auth_code: f.opt("AuthCode"),
+                auth_date: f.opt("AuthDate"),
+                card_no: f.opt("CardNo").map(|c| mask_card(&c)),
+                card_code: f.opt("CardCode"),
+                card_name: f.opt("CardName"),
+                card_quota: f.opt("CardQuota"),
+                card_cl: f.opt("CardCl"),
+                cc_part_cl: f.opt("CcPartCl"),
+                card_interest: f.opt("CardInterest"),
+                acqu_card_code: f.opt("AcquCardCode"),
+                acqu_card_name: f.opt("AcquCardName"),
+            })
+        })
+    }
+
+    pub async fn remove_billkey(
+        &self,
+        bid: &Bid,
+        moid: &Moid,
+    ) -> Result<Reply<BillkeyRemoved>, CallError> {
+        let api = Api::BillkeyRemove;
+        let edi = edi_date(self.clock.now());
+        let mut form = FormBuilder::new();
+        self.base_form(&mut form, &edi)?;
+        form.field("BID", bid.as_str(), 30)?
+            .field("Moid", moid.as_str(), limits::MOID)?
+            .field(
+                "SignData",
+                &sign::billkey_remove(
+                    self.settings.mid.as_str(),
+                    &edi,
+                    moid.as_str(),
+                    bid.as_str(),
+                    &self.settings.key,
+                ),
+                64,
+            )?;
+        let fields = self
+            .post(api, form.finish(), Some(moid.as_str()), None)
+            .await?;
+        finish(api, fields, |f| {
+            Ok(BillkeyRemoved {
+                tid: f.opt("TID"),
+                bid: f.opt("BID"),
+                auth_date: f.opt("AuthDate"),
+            })
+        })
+    }
+
+    pub async fn cancel(&self, req: &CancelRequest) -> Result<Reply<Cancellation>, CallError> {
+        let api = Api::Cancel;
+        if req.amount.value() < 1 {
+            return Err(FieldError::new("CancelAmt", "must be at least 1 KRW").into());
+        }
+        if req.reason.trim().is_empty() {
+            return Err(FieldError::new("CancelMsg", "is empty; give a reason").into());
+        }
+        let edi = edi_date(self.clock.now());
+        let amt = req.amount.to_string();
+        let mid = self.settings.mid.as_str();
+        let key = &self.settings.key;
+        let mut form = FormBuilder::new();
+        self.base_form(&mut form, &edi)?;
+        form.field("TID", req.tid.as_str(), 30)?
+            .field("Moid", req.moid.as_str(), limits::MOID)?
+            .field("CancelAmt", &amt, 12)?
+            .field("CancelMsg", &req.reason, limits::CANCEL_MSG)?
+            .field("PartialCancelCode", if req.partial { "1" } else { "0" }, 1)?
+            .field("SignData", &sign::cancel(mid, &amt, &edi, key), 64)?
+            .optional(
+                "MallReserved",
+                req.mall_reserved.as_deref(),
+                limits::MALL_RESERVED,
+            )?;
+        let fields = self
+            .post(
+                api,
+                form.finish(),
+                Some(req.moid.as_str()),
+                Some(req.tid.as_str()),
+            )
+            .await?;
+        finish(api, fields, |f| {
+            let cancel_amt_text = f.require("CancelAmt")?;
+            let cancel_amount = Krw::parse_digits("CancelAmt", cancel_amt_text)?;
+            let tid = f.opt("TID").unwrap_or_else(|| req.tid.to_string());
+            let answer_mid = f.opt("MID").unwrap_or_else(|| mid.to_owned());
+            let signature = f.opt("Signature").unwrap_or_default();
+            // NICEPAY's answer zero-pads CancelAmt; accept a signature over either the text as
+            // sent or its plain digits, and nothing else.
+            let plain = cancel_amount.to_string();
+            let valid = [cancel_amt_text, plain.as_str()].iter().any(|amt| {
+                sign::digest_eq(
+                    &signature,
+                    &sign::cancel_response(&tid, &answer_mid, amt, key),
+                )
+            });
+            if !valid {
+                return Err(Untrusted(
+                    "cancel answer Signature does not verify; the refund is NOT confirmed".into(),
+                )
+                .into());
+            }
+            if tid != req.tid.as_str() || answer_mid != mid || cancel_amount != req.amount {
+                return Err(Untrusted(format!(
+                    "cancel answer does not match the request (TID {tid}, CancelAmt {cancel_amount})"
+                ))
+                .into());
+            }
+            let remain_amount = match f.opt("RemainAmt") {
+                Some(r) => Some(Krw::parse_digits("RemainAmt", &r)?),
+                None => None,
+            };
+            Ok(Cancellation {
+                tid: req.tid.clone(),
+                cancel_amount,
+                remain_amount,
+                cancel_date: f.opt("CancelDate"),
+                cancel_time: f.opt("CancelTime"),
+                cancel_num: f.opt("CancelNum"),
+                pay_method: f.opt("PayMethod"),
+            })
+        })
+    }
+
+    pub async fn status(&self, tid: &Tid) -> Result<Reply<TxStatus>, CallError> {
+        let api = Api::Status;
+        let edi = edi_date(self.clock.now());
+        let mid = self.settings.mid.as_str();
+        let mut form = FormBuilder::new();
+        self.base_form(&mut form, &edi)?;
+        form.field("TID", tid.as_str(), 30)?.field(
+            "SignData",
+            &sign::status(tid.as_str(), mid, &edi, &self.settings.key),
+            64,
+        )?;
+        let fields = self
+            .post(api, form.finish(), None, Some(tid.as_str()))
+            .await?;
+        finish(api, fields, |f| {
+            let state = match f.require("Status")? {
+                "0" => TxState::Approved,
+                "1" => TxState::Cancelled,
+                "9" => TxState::NotFound,
+                other => {
+                    return Err(ParseError::Invalid(FieldError::new(
+                        "Status",
+                        format!("{other:?} is not 0, 1 or 9"),
+                    ))
+                    .into());
+                }
+            };
+            if let Some(answer_tid) = f.opt("TID")
+                && answer_tid != tid.as_str()
+            {
+                return Err(Untrusted(format!("status answer is for TID {answer_tid}")).into());
+            }
+            Ok(TxStatus {
+                tid: tid.clone(),
+                state,
+                auth_code: f.opt("AuthCode"),
+                auth_date: f.opt("AuthDate"),
+            })
+        })
+    }
+
+    async fn post(
+        &self,
+        api: Api,
+        body: String,
+        moid: Option<&str>,
+        tid: Option<&str>,
+    ) -> Result<Fields, CallError> {
+        let started = Instant::now();
+        let url = self.settings.base_url.endpoint(api);
+        let result = self.exchange(api, &url, body).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(fields) => tracing::debug!(
+                api = api.as_str(),
+                moid,
+                tid,
+                result_code = fields.get("ResultCode").unwrap_or(""),
+                elapsed_ms,
+                "nicepay answered"
+            ),
+            Err(e) => tracing::debug!(
+                api = api.as_str(),
+                moid,
+                tid,
+                class = e.class().as_str(),
+                error = %e,
+                elapsed_ms,
+                "nicepay call failed"
+            ),
+        }
+        result
+    }
+
+    async fn exchange(&self, api: Api, url: &str, body: String) -> Result<Fields, CallError> {
+        let response = self
+            .http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded; charset=euc-kr",
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CallError::transport(api, transport_of(&e), describe(&e)))?;
+        let status = response.status();
+        let charset = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(response::charset_of_content_type)
+            .unwrap_or(self.settings.charset);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::transport(api, transport_of(&e), describe(&e)))?;
+        if !status.is_success() {
+            return Err(CallError::transport(
+                api,
+                Transport::HttpStatus(status.as_u16()),
+                format!("HTTP {status} instead of a NICEPAY answer"),
+            ));
+        }
+        response::parse(&bytes, charset)
+            .map_err(|e| CallError::transport(api, Transport::Unparsable, e.to_string()))
+    }
+}
+
+/// A success answer that does not match what we asked.
+struct Untrusted(String);
+
+enum ExtractError {
+    Parse(ParseError),
+    Untrusted(String),
+}
+
+impl From<ParseError> for ExtractError {
+    fn from(e: ParseError) -> Self {
+        ExtractError::Parse(e)
+    }
+}
+
+impl From<FieldError> for ExtractError {
+    fn from(e: FieldError) -> Self {
+        ExtractError::Parse(ParseError::Invalid(e))
+    }
+}
+
+impl From<Untrusted> for ExtractError {
+    fn from(e: Untrusted) -> Self {
+        ExtractError::Untrusted(e.0)
+    }
+}
+
+fn finish<T>(
+    api: Api,
+    fields: Fields,
+    extract: impl FnOnce(&Fields) -> Result<T, ExtractError>,
+) -> Result<Reply<T>, CallError> {
+    let code = fields
+        .result_code()
+        .map_err(|e| CallError::transport(api, Transport::Unparsable, e.to_string()))?
+        .to_owned();
+    let class = codes::classify(api, &code);
+    // Only the API's own success code carries success fields; "already removed" does not.
+    let success_code = matches!(
+        (api, code.as_str()),
+        (Api::BillkeyIssue, "F100")
+            | (Api::Approve, "3001")
+            | (Api::BillkeyRemove, "F101")
+            | (Api::Cancel, "2001" | "2211")
+            | (Api::Status, "0000")
+    );
+    let data = if success_code {
+        match extract(&fields) {
+            Ok(data) => Some(data),
+            Err(ExtractError::Parse(e)) => {
+                return Err(CallError::transport(
+                    api,
+                    Transport::Unparsable,
+                    format!("success code {code} but {e}"),
+                ));
+            }
+            Err(ExtractError::Untrusted(why)) => {
+                return Err(CallError::transport(api, Transport::Untrusted, why));
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Reply {
+        api,
+        result_msg: fields.result_msg(),
+        result_code: code,
+        class,
+        data,
+        fields,
+    })
+}
+
+fn transport_of(e: &reqwest::Error) -> Transport {
+    if e.is_connect() {
+        Transport::ConnectFailed
+    } else if e.is_timeout() {
+        Transport::TimedOut
+    } else {
+        Transport::ConnectionLost
+    }
+}
+
+/// The error with its chain of causes: reqwest hides the useful part in the sources.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Keeps at most the first 6 and last 4 digits of a card number, whatever NICEPAY sent.
+pub fn mask_card(card: &str) -> String {
+    let chars: Vec<char> = card.chars().collect();
+    let n = chars.len();
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if (i < 6 || i + 4 >= n) || !c.is_ascii_digit() {
+                *c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_rules() {
+        for ok in [
+            "https://webapi.nicepay.co.kr",
+            "http://127.0.0.1:8080",
+            "http://localhost:1/",
+            "http://[::1]:9",
+            "http://127.8.0.1",
+        ] {
+            assert!(BaseUrl::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://webapi.nicepay.co.kr",
+            "http://10.0.0.1",
+            "ftp://127.0.0.1",
+            "not a url",
+            "https://user:pw@host",
+        ] {
+            assert_eq!(BaseUrl::parse(bad).unwrap_err().field, "base_url", "{bad}");
+        }
+        let url = BaseUrl::parse("http://127.0.0.1:9/").unwrap();
+        assert_eq!(
+            url.endpoint(Api::Status),
+            "http://127.0.0.1:9/webapi/inquery/trans_status.jsp"
+        );
+    }
+
+    #[test]
+    fn masks_to_first_six_last_four() {
+        assert_eq!(mask_card("1234567890123456"), "123456******3456");
+        assert_eq!(mask_card("12345678****1234"), "123456******1234");
+    }
+}
