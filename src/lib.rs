@@ -3,6 +3,35 @@
 //! See `ARCHITECTURE.md` for the map of modules and the rules between them.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod domain;
 pub mod gateway;
+pub mod schedule;
+pub mod sim;
+
+/// Resolves on SIGINT or SIGTERM: the shutdown signal every long-running command waits for.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

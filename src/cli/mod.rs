@@ -1,0 +1,113 @@
+//! The `nicebill` command line: argument structs (clap) and the commands behind them.
+//!
+//! Exit codes: 0 success; 1 the operation failed (NICEPAY said no); 2 usage, configuration or
+//! input error (nothing was sent); 3 the outcome is unknown (look the TID up before retrying).
+
+mod demo;
+mod ops;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigError;
+use crate::domain::FieldError;
+use crate::gateway::nicepay::Class;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nicebill",
+    version,
+    about = "Recurring card billing on NICEPAY billkeys"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "NICEBILL_CONFIG",
+        default_value = "nicebill.toml",
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the NICEPAY simulator (for tests and demos; loopback only).
+    Sim(crate::sim::SimArgs),
+    /// Issue or remove a billkey.
+    #[command(subcommand)]
+    Billkey(BillkeyCommand),
+    /// Charge a stored card once.
+    Approve(ops::ApproveArgs),
+    /// Cancel (refund) an approved transaction, fully or partly.
+    Refund(ops::RefundArgs),
+    /// Look up a transaction by TID.
+    Status(ops::StatusArgs),
+    /// Walk through billkey issue, approval, status, refund and removal against a built-in
+    /// simulator. Needs no configuration.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillkeyCommand {
+    /// Issue a billkey from card details read from stdin (`CardNo=…` lines) or a no-echo prompt.
+    Issue(ops::IssueArgs),
+    /// Remove a billkey at NICEPAY.
+    Remove(ops::RemoveArgs),
+}
+
+/// Why a command did not succeed; decides the exit code and the one line printed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0} (nothing was sent)")]
+    Input(#[from] FieldError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{line}")]
+    Gateway { class: Class, line: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Input(_) | CliError::Usage(_) => 2,
+            CliError::Gateway { class, .. } => match class {
+                Class::Unknown | Class::Duplicate => 3,
+                _ => 1,
+            },
+            CliError::Io(_) => 1,
+        }
+    }
+}
+
+/// Runs one parsed command line and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Sim(args) => crate::sim::serve(args, crate::shutdown_signal())
+            .await
+            .map_err(CliError::from),
+        Command::Billkey(BillkeyCommand::Issue(args)) => ops::issue(&cli.config, args).await,
+        Command::Billkey(BillkeyCommand::Remove(args)) => ops::remove(&cli.config, args).await,
+        Command::Approve(args) => ops::approve(&cli.config, args).await,
+        Command::Refund(args) => ops::refund(&cli.config, args).await,
+        Command::Status(args) => ops::status(&cli.config, args).await,
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nicebill: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! The simulator's HTTP/1 server: routes API posts to [`SimState`], injects faults and
+//! latency, and serves the `/_sim/` control endpoints.
+//!
+//! Faults are decided here, not in the protocol logic, because they model the network and
+//! NICEPAY's front end: what is processed is always processed by the same rules; only whether
+//! and how the answer travels back changes. A dropped connection is made by returning an
+//! error from the service, which makes hyper close the connection without answering.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::state::{LedgerEntry, SimState, Tamper};
+use super::{FaultMode, FaultRule, SimConfig};
+use crate::gateway::nicepay::Api;
+
+/// Larger bodies are refused: real requests are a few hundred bytes.
+const MAX_BODY: usize = 64 * 1024;
+/// How long a connection may take to finish its request once shutdown began.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// The body of a [`FaultMode::Garbage`] answer: what a proxy error page looks like, neither
+/// JSON nor `Key=Value`.
+const GARBAGE: &str =
+    "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>";
+const ERROR_PAGE: &str = "<html><head><title>500 Internal Server Error</title></head>\
+     <body><h1>Internal Server Error</h1></body></html>";
+
+type Body = Full<Bytes>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State stays consistent between statements, so a panic elsewhere leaves nothing half done.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Fault rules and the seeded draws that decide them.
+pub(super) struct FaultPlan {
+    rules: Vec<FaultRule>,
+    rng: StdRng,
+}
+
+impl FaultPlan {
+    pub(super) fn new(rules: Vec<FaultRule>, seed: u64) -> Self {
+        Self {
+            rules,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The fault for one request to `api`, if any: the first rule that matches the API, has
+    /// count left and wins its draw. Firing uses up one of its count.
+    pub(super) fn choose(&mut self, api: Api) -> Option<FaultMode> {
+        for rule in &mut self.rules {
+            let applies = rule.api.is_none_or(|a| a == api)
+                && (rule.mode != FaultMode::BadCancelSignature || api == Api::Cancel)
+                && rule.count != Some(0);
+            if !applies {
+                continue;
+            }
+            if self.rng.random::<f64>() < rule.probability {
+                if let Some(count) = rule.count.as_mut() {
+                    *count -= 1;
+                }
+                return Some(rule.mode);
+            }
+        }
+        None
+    }
+}
+
+/// What the server task and the handle share.
+pub(super) struct Shared {
+    state: Mutex<SimState>,
+    faults: Mutex<FaultPlan>,
+    latency: Mutex<Duration>,
+    counts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Shared {
+    pub(super) fn new(config: &SimConfig) -> Self {
+        // Distinct streams for ids and faults, so that adding a fault rule does not change
+        // the BIDs and TIDs of a seeded run.
+        Self {
+            state: Mutex::new(SimState::new(
+                &config.merchants,
+                Arc::clone(&config.clock),
+                config.seed,
+            )),
+            faults: Mutex::new(FaultPlan::new(
+                config.faults.clone(),
+                config.seed ^ 0x5eed_fa17,
+            )),
+            latency: Mutex::new(config.latency),
+            counts: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub(super) fn ledger(&self) -> Vec<LedgerEntry> {
+        lock(&self.state).ledger().to_vec()
+    }
+
+    pub(super) fn set_faults(&self, rules: Vec<FaultRule>) {
+        lock(&self.faults).rules = rules;
+    }
+
+    pub(super) fn set_latency(&self, latency: Duration) {
+        *lock(&self.latency) = latency;
+    }
+
+    pub(super) fn request_counts(&self) -> BTreeMap<String, u64> {
+        lock(&self.counts).clone()
+    }
+
+    pub(super) fn reset(&self) {
+        lock(&self.state).reset();
+        lock(&self.faults).rules.clear();
+    }
+
+    fn count(&self, api: Api) {
+        *lock(&self.counts)
+            .entry(api.as_str().to_owned())
+            .or_default() += 1;
+    }
+}
+
+/// Resolves once shutdown has been asked for (or the handle is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    // An error means the sender is gone: that is a stop as well.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Accepts connections until stopped, then waits for every connection to end.
+pub(super) async fn run(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    let stop_signal = stopped(stop.clone());
+    tokio::pin!(stop_signal);
+    loop {
+        tokio::select! {
+            () = &mut stop_signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, Arc::clone(&shared), stop.clone()));
+                }
+                Err(e) => {
+                    // Running out of file descriptors, for instance: wait a little rather than
+                    // spin.
+                    tracing::warn!("simulator accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    tracing::info!("nicepay simulator stopped");
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let service_stop = stop.clone();
+    let service = service_fn(move |req| respond(Arc::clone(&shared), service_stop.clone(), req));
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stopped(stop) => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(DRAIN, conn.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        // Expected for dropped-connection faults and clients that hang up.
+        tracing::debug!("simulator connection ended: {e}");
+    }
+}
+
+/// Returned by the service to make hyper close the connection without an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("simulated fault: {0}")]
+struct Dropped(&'static str);
+
+async fn respond(
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Dropped> {
+    let path = req.uri().path().to_owned();
+    if let Some(name) = path.strip_prefix("/_sim/") {
+        let name = name.to_owned();
+        return Ok(control(&shared, &name, req).await);
+    }
+    let Some(api) = Api::from_path(&path) else {
+        return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    shared.count(api);
+    if req.method() != Method::POST {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return Ok(response);
+    }
+    let body = match read_body(req).await {
+        Ok(body) => body,
+        Err(response) => return Ok(response),
+    };
+    let latency = *lock(&shared.latency);
+    if !latency.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(latency) => {}
+            () = stopped(stop.clone()) => return Err(Dropped("shutting down")),
+        }
+    }
+    let fault = lock(&shared.faults).choose(api);
+    if let Some(mode) = fault {
+        tracing::debug!(api = api.as_str(), fault = mode.as_str(), "simulator fault");
+    }
+    match fault {
+        Some(FaultMode::Http500) => {
+            return Ok(response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/html",
+                ERROR_PAGE.into(),
+            ));
+        }
+        Some(FaultMode::DropBefore) => return Err(Dropped("drop_before")),
+        _ => {}
+    }
+    let tamper = match fault {
+        Some(FaultMode::BadCancelSignature) => Tamper::CancelSignature,
+        _ => Tamper::None,
+    };
+    let answer = lock(&shared.state).handle(api, &body, tamper);
+    match fault {
+        Some(FaultMode::DropAfter) => Err(Dropped("drop_after")),
+        Some(FaultMode::HangAfter) => {
+            stopped(stop).await;
+            Err(Dropped("hang_after"))
+        }
+        Some(FaultMode::Garbage) => Ok(response(StatusCode::OK, "text/html", GARBAGE.into())),
+        _ => Ok(response(
+            StatusCode::OK,
+            &answer.content_type(),
+            answer.body().into(),
+        )),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("cannot read the request body: {e}\n"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Latency {
+    ms: u64,
+}
+
+async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Response<Body> {
+    let ok = || json(StatusCode::OK, &serde_json::json!({ "ok": true }));
+    match (req.method().clone(), name) {
+        (Method::GET, "health") => ok(),
+        (Method::GET, "ledger") => json(StatusCode::OK, &shared.ledger()),
+        (Method::GET, "requests") => json(StatusCode::OK, &shared.request_counts()),
+        (Method::POST, "faults") => {
+            let rules = match read_json::<Vec<FaultRule>>(req).await {
+                Ok(rules) => rules,
+                Err(response) => return response,
+            };
+            if let Some((i, e)) = rules
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.validate().err().map(|e| (i, e)))
+            {
+                return bad_request(&format!("rule {i}: {e}"));
+            }
+            tracing::info!(rules = ?rules, "simulator fault rules replaced");
+            shared.set_faults(rules);
+            ok()
+        }
+        (Method::POST, "latency") => {
+            let latency = match read_json::<Latency>(req).await {
+                Ok(latency) => latency,
+                Err(response) => return response,
+            };
+            shared.set_latency(Duration::from_millis(latency.ms));
+            ok()
+        }
+        (Method::POST, "reset") => {
+            shared.reset();
+            ok()
+        }
+        (_, "health" | "ledger" | "requests" | "faults" | "latency" | "reset") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let body = read_body(req).await?;
+    serde_json::from_slice(&body).map_err(|e| bad_request(&format!("bad JSON: {e}")))
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    json(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({ "ok": false, "error": message }),
+    )
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => response(status, "application/json", body.into()),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot serialise: {e}\n"),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
+}
+
+fn response(status: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let content_type = HeaderValue::from_str(content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimHandle;
+
+    fn rule(mode: FaultMode, api: Option<Api>, count: Option<u32>, p: f64) -> FaultRule {
+        FaultRule {
+            mode,
+            api,
+            count,
+            probability: p,
+        }
+    }
+
+    #[test]
+    fn fault_selection() {
+        use FaultMode::*;
+        // (rules, requests, expected faults)
+        type Case = (Vec<FaultRule>, Vec<Api>, Vec<Option<FaultMode>>);
+        let cases: Vec<Case> = vec![
+            (vec![], vec![Api::Approve], vec![None]),
+            (
+                vec![rule(DropAfter, Some(Api::Approve), Some(2), 1.0)],
+                vec![Api::Status, Api::Approve, Api::Approve, Api::Approve],
+                vec![None, Some(DropAfter), Some(DropAfter), None],
+            ),
+            (
+                vec![rule(Garbage, None, None, 1.0)],
+                vec![Api::Status, Api::Cancel],
+                vec![Some(Garbage), Some(Garbage)],
+            ),
+            (
+                vec![rule(Http500, None, None, 0.0)],
+                vec![Api::Approve; 3],
+                vec![None; 3],
+            ),
+            (
+                // Bad signature only ever hits cancel, even as an "any API" rule.
+                vec![rule(BadCancelSignature, None, Some(1), 1.0)],
+                vec![Api::Approve, Api::Status, Api::Cancel, Api::Cancel],
+                vec![None, None, Some(BadCancelSignature), None],
+            ),
+            (
+                // The first matching rule with count left wins; then the next one.
+                vec![
+                    rule(DropBefore, Some(Api::Approve), Some(1), 1.0),
+                    rule(HangAfter, None, Some(1), 1.0),
+                ],
+                vec![Api::Approve, Api::Approve, Api::Approve],
+                vec![Some(DropBefore), Some(HangAfter), None],
+            ),
+            (
+                // A rule that loses its draw lets the next rule try.
+                vec![
+                    rule(DropBefore, None, None, 0.0),
+                    rule(Garbage, None, None, 1.0),
+                ],
+                vec![Api::Status],
+                vec![Some(Garbage)],
+            ),
+        ];
+        for (i, (rules, requests, want)) in cases.into_iter().enumerate() {
+            let mut plan = FaultPlan::new(rules, 0);
+            let got: Vec<_> = requests.into_iter().map(|a| plan.choose(a)).collect();
+            assert_eq!(got, want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn fault_probability_is_seeded() {
+        let draw = |seed| {
+            let mut plan = FaultPlan::new(vec![rule(FaultMode::Garbage, None, None, 0.25)], seed);
+            (0..4000)
+                .map(|_| plan.choose(Api::Approve).is_some())
+                .collect::<Vec<_>>()
+        };
+        let a = draw(1);
+        assert_eq!(a, draw(1), "same seed, same faults");
+        assert_ne!(a, draw(2));
+        let fired = a.iter().filter(|f| **f).count();
+        assert!((800..1200).contains(&fired), "{fired} of 4000 at p=0.25");
+        // With a count, the probability applies until the count is used up.
+        let mut plan = FaultPlan::new(vec![rule(FaultMode::Garbage, None, Some(5), 0.5)], 3);
+        let fired = (0..1000)
+            .filter(|_| plan.choose(Api::Status).is_some())
+            .count();
+        assert_eq!(fired, 5);
+    }
+
+    async fn get(client: &reqwest::Client, url: String) -> (u16, String) {
+        let r = client.get(url).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn post(client: &reqwest::Client, url: String, body: &str) -> (u16, String) {
+        let r = client.post(url).body(body.to_owned()).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn routes_and_control_endpoints() {
+        let sim = SimHandle::start(SimConfig::new(([127, 0, 0, 1], 0).into()))
+            .await
+            .unwrap();
+        let base = sim.base_url();
+        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+        let http = reqwest::Client::new();
+
+        assert_eq!(get(&http, format!("{base}/nope")).await.0, 404);
+        assert_eq!(get(&http, format!("{base}/_sim/nope")).await.0, 404);
+        let status_path = Api::Status.path();
+        assert_eq!(get(&http, format!("{base}{status_path}")).await.0, 405);
+        assert_eq!(
+            get(&http, format!("{base}/_sim/health")).await,
+            (200, r#"{"ok":true}"#.to_owned())
+        );
+        assert_eq!(get(&http, format!("{base}/_sim/reset")).await.0, 405);
+
+        // An API answer: EUC-KR JSON by default, Korean message included.
+        let r = http
+            .post(format!("{base}{status_path}"))
+            .body("MID=nictest04m")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(
+            r.headers()[CONTENT_TYPE],
+            "application/json; charset=euc-kr"
+        );
+        let bytes = r.bytes().await.unwrap();
+        let text = encoding_rs::EUC_KR.decode(&bytes).0;
+        assert!(text.contains("\"ResultCode\":\"A110\""), "{text}");
+        assert!(text.contains("필수 파라미터 누락: TID"), "{text}");
+
+        // Faults through the control endpoint.
+        let (code, body) = post(&http, format!("{base}/_sim/faults"), "[{").await;
+        assert_eq!(code, 400);
+        assert!(body.contains("bad JSON"), "{body}");
+        let (code, body) = post(
+            &http,
+            format!("{base}/_sim/faults"),
+            r#"[{"mode":"garbage","probability":2}]"#,
+        )
+        .await;
+        assert_eq!(code, 400);
+        assert!(body.contains("probability"), "{body}");
+        let (code, _) = post(
+            &http,
+            format!("{base}/_sim/faults"),
+            r#"[{"mode":"http500","api":"status","count":1}]"#,
+        )
+        .await;
+        assert_eq!(code, 200);
+        let (code, body) = post(&http, format!("{base}{status_path}"), "").await;
+        assert_eq!(code, 500, "{body}");
+        assert_eq!(post(&http, format!("{base}{status_path}"), "").await.0, 200);
+
+        sim.set_faults(vec![rule(
+            FaultMode::Garbage,
+            Some(Api::Status),
+            Some(1),
+            1.0,
+        )]);
+        let (code, body) = post(&http, format!("{base}{status_path}"), "").await;
+        assert_eq!(code, 200);
+        assert!(body.starts_with("<html>"), "{body}");
+
+        sim.set_faults(vec![rule(FaultMode::DropBefore, None, Some(1), 1.0)]);
+        let dropped = http
+            .post(format!("{base}{status_path}"))
+            .body("")
+            .send()
+            .await;
+        assert!(dropped.is_err(), "{dropped:?}");
+
+        // Latency, reset, ledger, request counts.
+        let (code, _) = post(&http, format!("{base}/_sim/latency"), r#"{"ms":30}"#).await;
+        assert_eq!(code, 200);
+        assert_eq!(
+            post(&http, format!("{base}/_sim/latency"), r#"{"ms":-1}"#)
+                .await
+                .0,
+            400
+        );
+        let started = std::time::Instant::now();
+        post(&http, format!("{base}{status_path}"), "").await;
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        sim.set_latency(Duration::ZERO);
+        sim.set_faults(vec![rule(FaultMode::Http500, None, None, 1.0)]);
+        assert_eq!(post(&http, format!("{base}/_sim/reset"), "").await.0, 200);
+        assert_eq!(post(&http, format!("{base}{status_path}"), "").await.0, 200);
+        assert_eq!(
+            get(&http, format!("{base}/_sim/ledger")).await,
+            (200, "[]".to_owned())
+        );
+        let counts = sim.request_counts();
+        assert_eq!(counts.get("status"), Some(&8), "{counts:?}");
+        assert_eq!(counts.get("approve"), None);
+        let (code, body) = get(&http, format!("{base}/_sim/requests")).await;
+        assert_eq!((code, body), (200, r#"{"status":8}"#.to_owned()));
+
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn charges_with_the_real_client_and_lost_answers() {
+        use crate::domain::{CardDetails, Krw, MerchantKey, Mid, Moid};
+        use crate::gateway::nicepay::client::{BaseUrl, class_of};
+        use crate::gateway::nicepay::{
+            ApproveRequest, Buyer, Class, ClientSettings, IssueRequest, NicepayClient, TxState,
+        };
+
+        let sim = SimHandle::start(SimConfig::new(([127, 0, 0, 1], 0).into()))
+            .await
+            .unwrap();
+        let (mid, key): (Mid, MerchantKey) = SimConfig::default_merchants().remove(0);
+        let mut settings = ClientSettings::new(BaseUrl::parse(&sim.base_url()).unwrap(), mid, key);
+        settings.read_timeout = Duration::from_millis(300);
+        let client = NicepayClient::new(settings, Arc::new(crate::clock::SystemClock)).unwrap();
+        let issued = client
+            .issue_billkey(&IssueRequest {
+                moid: Moid::new("srv-issue").unwrap(),
+                card: CardDetails::new("4000000000000001", "30", "01", "", "").unwrap(),
+                buyer: Buyer::default(),
+            })
+            .await
+            .unwrap();
+        let bid = issued.data.unwrap().bid;
+        let approve = |tid, moid: &str| ApproveRequest {
+            bid: bid.clone(),
+            tid,
+            moid: Moid::new(moid).unwrap(),
+            amount: Krw::positive(9_900).unwrap(),
+            goods_name: "월간 구독".into(),
+            card_quota: "00".into(),
+            interest_free: false,
+            buyer: Buyer::default(),
+            mall_reserved: None,
+        };
+        let ok = client
+            .approve(&approve(client.new_tid(), "srv-1"))
+            .await
+            .unwrap();
+        assert_eq!(ok.class, Class::Approved, "{}", ok.result_msg);
+
+        // The answer is lost after the charge, and a hung answer times out: the status
+        // lookup finds both charges.
+        for (i, mode) in [FaultMode::DropAfter, FaultMode::HangAfter]
+            .into_iter()
+            .enumerate()
+        {
+            sim.set_faults(vec![rule(mode, Some(Api::Approve), Some(1), 1.0)]);
+            let tid = client.new_tid();
+            let result = client
+                .approve(&approve(tid.clone(), &format!("srv-lost-{i}")))
+                .await;
+            assert_eq!(class_of(&result), Class::Unknown, "{mode:?}: {result:?}");
+            let status = client.status(&tid).await.unwrap();
+            assert_eq!(
+                status.data.map(|s| s.state),
+                Some(TxState::Approved),
+                "{mode:?}"
+            );
+        }
+        assert_eq!(sim.ledger().len(), 3);
+
+        // A request still hanging does not keep shutdown waiting.
+        sim.set_faults(vec![rule(FaultMode::HangAfter, None, None, 1.0)]);
+        let url = format!("{}{}", sim.base_url(), Api::Status.path());
+        let hung = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::timeout(Duration::from_secs(5), sim.shutdown())
+            .await
+            .expect("shutdown ends hung connections");
+        assert!(hung.await.unwrap().is_err());
+    }
+}

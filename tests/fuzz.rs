@@ -1,0 +1,42 @@
+//! Property tests: the response parser, the form decoder and the config loader never panic on
+//! arbitrary input, and form encoding round-trips every EUC-KR representable text.
+
+use std::path::Path;
+
+use nicebill::config::Config;
+use nicebill::gateway::nicepay::{Charset, form, response};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn response_parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = response::parse(&body, Charset::EucKr);
+        let _ = response::parse(&body, Charset::Utf8);
+    }
+
+    #[test]
+    fn response_parser_survives_near_misses(body in "[{}\\[\\]\":,=&%A-Za-z0-9+ 가-힣\\\\]{0,200}") {
+        let _ = response::parse(body.as_bytes(), Charset::Utf8);
+        let _ = response::parse(&encoding_rs::EUC_KR.encode(&body).0, Charset::EucKr);
+    }
+
+    #[test]
+    fn form_decoder_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = form::decode(&body);
+    }
+
+    #[test]
+    fn form_round_trip(value in "[ -~가-힣]{0,20}") {
+        let mut builder = form::FormBuilder::new();
+        builder.field("GoodsName", &value, 40).unwrap();
+        let decoded = form::decode(builder.finish().as_bytes()).unwrap();
+        prop_assert_eq!(decoded, vec![("GoodsName".to_owned(), value)]);
+    }
+
+    #[test]
+    fn config_loader_never_panics(text in "[\\[\\]a-z_=\" .0-9\n]{0,300}") {
+        let _ = Config::parse(Path::new("fuzz.toml"), &text, |_| None, Vec::new());
+    }
+}

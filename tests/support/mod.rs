@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: a simulator on a loopback port and clients for it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nicebill::clock::SystemClock;
+use nicebill::domain::{Bid, CardDetails, Krw, MerchantKey, Mid, Moid, Tid};
+use nicebill::gateway::nicepay::client::BaseUrl;
+use nicebill::gateway::nicepay::{
+    ApproveRequest, Buyer, Charset, ClientSettings, EdiType, IssueRequest, NicepayClient,
+};
+use nicebill::sim::{SimConfig, SimHandle};
+
+pub const KEY: &str =
+    "b+zhZ4yOZ7FsH8pm5lhDfHZEb79tIwnjsdA0FBXh86yLc6BJeFVrZFXhAoJ3gEWgrWwN+lJMV0W4hvDdbe4Sjw==";
+
+pub async fn sim() -> SimHandle {
+    SimHandle::start(SimConfig::new(([127, 0, 0, 1], 0).into()))
+        .await
+        .expect("simulator starts on a loopback port")
+}
+
+pub fn settings(base_url: &str, charset: Charset, edi_type: EdiType) -> ClientSettings {
+    let mut s = ClientSettings::new(
+        BaseUrl::parse(base_url).unwrap(),
+        Mid::new("nictest04m").unwrap(),
+        MerchantKey::new(KEY).unwrap(),
+    );
+    s.charset = charset;
+    s.edi_type = edi_type;
+    s.connect_timeout = Duration::from_secs(2);
+    s.read_timeout = Duration::from_secs(2);
+    s
+}
+
+pub fn client(sim: &SimHandle, charset: Charset, edi_type: EdiType) -> NicepayClient {
+    NicepayClient::new(
+        settings(&sim.base_url(), charset, edi_type),
+        Arc::new(SystemClock),
+    )
+    .unwrap()
+}
+
+pub fn card(number: &str) -> CardDetails {
+    CardDetails::new(number, "30", "01", "880229", "37").unwrap()
+}
+
+pub async fn issue(client: &NicepayClient, number: &str, moid: &str) -> Bid {
+    let reply = client
+        .issue_billkey(&IssueRequest {
+            moid: Moid::new(moid).unwrap(),
+            card: card(number),
+            buyer: Buyer::default(),
+        })
+        .await
+        .expect("billkey issue answered");
+    assert_eq!(reply.result_code, "F100", "{}", reply.result_msg);
+    reply.data.expect("F100 carries a BID").bid
+}
+
+pub fn approve_request(bid: &Bid, tid: Tid, moid: &str, amount: i64) -> ApproveRequest {
+    ApproveRequest {
+        bid: bid.clone(),
+        tid,
+        moid: Moid::new(moid).unwrap(),
+        amount: Krw::positive(amount).unwrap(),
+        goods_name: "월간 구독 (프리미엄)".into(),
+        card_quota: "00".into(),
+        interest_free: false,
+        buyer: Buyer {
+            name: Some("홍길동".into()),
+            email: Some("buyer@example.com".into()),
+            tel: Some("010-1234-5678".into()),
+        },
+        mall_reserved: Some("메모 memo".into()),
+    }
+}
+
+/// A Postgres URL from the environment, or `None` after saying the test skipped.
+pub fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var("NICEBILL_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("{test}: skipped on PostgreSQL (NICEBILL_TEST_POSTGRES_URL is not set)");
+            None
+        }
+    }
+}
