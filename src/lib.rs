@@ -3,13 +3,16 @@
 //! See `ARCHITECTURE.md` for the map of modules and the rules between them.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod gateway;
+pub mod retry;
 pub mod schedule;
 pub mod sim;
+pub mod storage;
 
 /// Resolves on SIGINT or SIGTERM: the shutdown signal every long-running command waits for.
 pub async fn shutdown_signal() {

@@ -87,3 +87,92 @@ pub fn postgres_url(test: &str) -> Option<String> {
         }
     }
 }
+
+/// A database for one test: a temporary SQLite file, and a fresh PostgreSQL schema when
+/// `NICEBILL_TEST_POSTGRES_URL` names a server. Each comes migrated.
+pub struct TestDb {
+    pub label: &'static str,
+    pub store: nicebill::storage::Store,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn databases(test: &str) -> Vec<TestDb> {
+    use nicebill::storage::{DbUrl, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_url = format!("sqlite://{}", dir.path().join("nicebill.db").display());
+    let store = Store::open(DbUrl::parse(&sqlite_url).unwrap(), 4).unwrap();
+    store.migrate().await.unwrap();
+    let mut dbs = vec![TestDb {
+        label: "sqlite",
+        store,
+        url: sqlite_url,
+        _dir: Some(dir),
+    }];
+    if let Some(base) = postgres_url(test) {
+        let schema = format!(
+            "t_{}_{:08x}",
+            test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            rand::random::<u32>()
+        );
+        let admin = Store::open(DbUrl::parse(&base).unwrap(), 1).unwrap();
+        let create = format!("CREATE SCHEMA {schema}");
+        admin
+            .run(move |c| {
+                use diesel::connection::SimpleConnection;
+                c.batch_execute(&create).map_err(Into::into)
+            })
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let store = Store::open(DbUrl::parse(&url).unwrap(), 8).unwrap();
+        store.migrate().await.unwrap();
+        dbs.push(TestDb {
+            label: "postgres",
+            store,
+            url,
+            _dir: None,
+        });
+    }
+    dbs
+}
+
+/// A monthly subscription row as a merchant would insert it.
+pub fn monthly(
+    external_id: &str,
+    bid: &Bid,
+    amount: i64,
+    anchor: chrono::DateTime<chrono::Utc>,
+) -> nicebill::storage::models::NewSubscription {
+    nicebill::storage::models::NewSubscription {
+        external_id: external_id.into(),
+        bid: bid.to_string(),
+        amount,
+        goods_name: "월간 구독".into(),
+        buyer_name: None,
+        buyer_email: None,
+        buyer_tel: None,
+        card_quota: "00".into(),
+        card_interest: "0".into(),
+        interval_unit: "month".into(),
+        interval_count: 1,
+        cron: None,
+        timezone: None,
+        anchor_at: anchor.naive_utc(),
+        max_cycles: None,
+        ends_at: None,
+        status: "active".into(),
+        cancel_at_period_end: false,
+    }
+}
+
+/// Korea time → UTC.
+pub fn kst(text: &str) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").unwrap();
+    chrono_tz::Asia::Seoul
+        .from_local_datetime(&naive)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}

@@ -1,0 +1,1091 @@
+//! The billing engine: the IO around [`super::plan`].
+//!
+//! One pass: notice status changes; resolve attempts whose outcome is unknown (status lookup by
+//! TID); claim due subscriptions in batches, commit each attempt (Moid, TID, `pending`) before
+//! sending it, send approvals with bounded concurrency and group-commit their outcomes; remove
+//! billkeys of cancelled subscriptions.
+//!
+//! Exactly-once rests on three rules: an attempt is in the database before its request leaves;
+//! a subscription with an unresolved attempt is never claimed; an unresolved attempt is
+//! concluded "not charged" only by a status lookup made after it can no longer be in flight.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::plan::{self, Advance, Decision, Policy, Position, Settled, Valid};
+use crate::clock::SharedClock;
+use crate::domain::{Bid, Moid, Tid};
+use crate::gateway::nicepay::{
+    Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState,
+};
+use crate::retry::{Attempt, RetryPolicy, retry};
+use crate::storage::models::SubscriptionRow;
+use crate::storage::{
+    Bookkeeping, ChargeResult, Event, Outcome, Reschedule, StartAttempt, Store, StoreError,
+};
+
+/// How the engine behaves; built from `[scheduler]` and `[retry]`.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// This instance's name in claims (`host-pid-random`).
+    pub owner: String,
+    /// Approvals in flight at once.
+    pub concurrency: usize,
+    /// Subscriptions claimed per batch.
+    pub batch: i64,
+    /// How long a claim holds before another instance may take it over.
+    pub lease: Duration,
+    pub policy: Policy,
+    /// After this long from its commit, an attempt can no longer be in flight anywhere, so a
+    /// status lookup answering "no such transaction" proves it was never approved.
+    pub settle: Duration,
+    /// The longest one HTTP call may take (connect + read timeout).
+    pub call_timeout: Duration,
+    /// In-process retries of calls that never reached NICEPAY, and of failed lookups.
+    pub transient: RetryPolicy,
+    /// Between lookups of an unresolved attempt across passes.
+    pub lookup_retry: RetryPolicy,
+    /// Between billkey removal attempts.
+    pub removal_retry: RetryPolicy,
+    /// How long to stop sending after NICEPAY signals overload.
+    pub throttle_pause: Duration,
+}
+
+impl EngineSettings {
+    pub fn new(owner: String, policy: Policy, call_timeout: Duration) -> Self {
+        Self {
+            owner,
+            concurrency: 16,
+            batch: 16,
+            lease: Duration::from_secs(300),
+            policy,
+            settle: call_timeout * 2 + Duration::from_secs(60),
+            call_timeout,
+            transient: RetryPolicy::new(
+                Duration::from_millis(200),
+                Duration::from_secs(2),
+                Duration::from_secs(10),
+            ),
+            lookup_retry: RetryPolicy::new(
+                Duration::from_secs(5),
+                Duration::from_secs(600),
+                Duration::ZERO,
+            ),
+            removal_retry: RetryPolicy::new(
+                Duration::from_secs(60),
+                Duration::from_secs(6 * 3600),
+                Duration::ZERO,
+            ),
+            throttle_pause: Duration::from_secs(5),
+        }
+    }
+
+    /// A unique owner name for this process.
+    pub fn default_owner() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "host".into());
+        format!(
+            "{host}-{}-{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Counters since start, for health and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub charged: AtomicU64,
+    pub declined: AtomicU64,
+    pub failed: AtomicU64,
+    pub not_charged: AtomicU64,
+    pub unresolved: AtomicU64,
+    pub removed: AtomicU64,
+    pub invalid: AtomicU64,
+    pub gateway_failures_in_a_row: AtomicU64,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct PassReport {
+    pub claimed: usize,
+    pub attempts: usize,
+    pub charged: usize,
+    pub declined: usize,
+    pub failed: usize,
+    pub not_charged: usize,
+    pub unresolved: usize,
+    pub resolved: usize,
+    pub removed: usize,
+    pub invalid: usize,
+    pub skipped_cycles: usize,
+}
+
+impl PassReport {
+    fn add(&mut self, other: &PassReport) {
+        self.claimed += other.claimed;
+        self.attempts += other.attempts;
+        self.charged += other.charged;
+        self.declined += other.declined;
+        self.failed += other.failed;
+        self.not_charged += other.not_charged;
+        self.unresolved += other.unresolved;
+        self.resolved += other.resolved;
+        self.removed += other.removed;
+        self.invalid += other.invalid;
+        self.skipped_cycles += other.skipped_cycles;
+    }
+}
+
+/// The engine. Cheap to clone; clones share counters and the shutdown flag.
+#[derive(Clone)]
+pub struct Engine {
+    store: Store,
+    client: Arc<NicepayClient>,
+    clock: SharedClock,
+    settings: Arc<EngineSettings>,
+    stats: Arc<Stats>,
+    stopping: Arc<AtomicBool>,
+    throttled_until: Arc<Mutex<Option<Instant>>>,
+}
+
+/// One attempt on its way: what is needed to send it and to settle it.
+struct InFlight {
+    valid: Arc<Valid>,
+    charge_id: i64,
+    cycle: u32,
+    due_at: DateTime<Utc>,
+    attempt: u32,
+    prior_declines: u32,
+    moid: Moid,
+    tid: Tid,
+    committed_at: DateTime<Utc>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        client: Arc<NicepayClient>,
+        clock: SharedClock,
+        settings: EngineSettings,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            clock,
+            settings: Arc::new(settings),
+            stats: Arc::new(Stats::default()),
+            stopping: Arc::new(AtomicBool::new(false)),
+            throttled_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Stops claiming new work; attempts already sent finish and are recorded.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// One full pass over everything due now.
+    pub async fn pass(&self) -> Result<PassReport, EngineError> {
+        let mut report = PassReport::default();
+        let now = self.clock.now();
+        let noticed = self.store.notice(now).await?;
+        report.invalid += noticed.invalid.len();
+        for (id, reason) in &noticed.invalid {
+            tracing::error!(subscription = id, %reason, "subscription marked invalid");
+        }
+        report.add(&self.resolve_unresolved().await?);
+        report.add(&self.charge_due().await?);
+        report.add(&self.remove_billkeys().await?);
+        Ok(report)
+    }
+
+    // ---- charging ----
+
+    async fn charge_due(&self) -> Result<PassReport, EngineError> {
+        let s = &self.settings;
+        let mut report = PassReport::default();
+        let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
+        let (tx, rx) = mpsc::channel::<(Outcome, Settledness)>(s.concurrency.max(1) * 4);
+        let writer = tokio::spawn(write_outcomes(
+            self.store.clone(),
+            self.clock.clone(),
+            Arc::clone(&self.stats),
+            rx,
+        ));
+        let mut tasks = JoinSet::new();
+        let result: Result<(), EngineError> = async {
+            while !self.stopping() {
+                let now = self.clock.now();
+                let rows = self
+                    .store
+                    .claim_due(&s.owner, now, s.lease, s.batch)
+                    .await?;
+                if rows.is_empty() {
+                    break;
+                }
+                report.claimed += rows.len();
+                let in_flight = self.start(rows, now, &mut report).await?;
+                report.attempts += in_flight.len();
+                for attempt in in_flight {
+                    let permit = Arc::clone(&permits)
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed");
+                    let engine = self.clone();
+                    let tx = tx.clone();
+                    tasks.spawn(async move {
+                        let outcome = engine.send(attempt).await;
+                        drop(permit);
+                        // The writer only stops when every sender is gone.
+                        let _ = tx.send(outcome).await;
+                    });
+                }
+                while tasks.try_join_next().is_some() {}
+            }
+            Ok(())
+        }
+        .await;
+        while tasks.join_next().await.is_some() {}
+        drop(tx);
+        let written = writer.await.unwrap_or_default();
+        report.add(&written);
+        result.map(|()| report)
+    }
+
+    /// Plans claimed rows; commits the attempts (and the non-charging decisions).
+    async fn start(
+        &self,
+        rows: Vec<SubscriptionRow>,
+        now: DateTime<Utc>,
+        report: &mut PassReport,
+    ) -> Result<Vec<InFlight>, EngineError> {
+        let s = &self.settings;
+        let mut starts = Vec::new();
+        let mut planned = Vec::new();
+        let mut reschedules = Vec::new();
+        for row in rows {
+            let (decision, valid) = plan::decide(&row, now, &s.policy);
+            let id = row.id;
+            let keep = |cycle: u32, at: Option<DateTime<Utc>>| Bookkeeping {
+                next_cycle: cycle as i32,
+                next_charge_at: at,
+                cycle_attempts: row.cycle_attempts,
+                cycle_declines: row.cycle_declines,
+                status: None,
+            };
+            let skipped_events = |skipped: &[(u32, DateTime<Utc>)], why: &str| -> Vec<Event> {
+                skipped
+                    .iter()
+                    .map(|(c, at)| {
+                        Event::sub(id, "cycle_skipped", format!("cycle {c} due {at}: {why}"))
+                    })
+                    .collect()
+            };
+            match decision {
+                Decision::Invalid { reason } => {
+                    tracing::error!(subscription = id, external_id = %row.external_id, %reason, "subscription row is invalid; not charged");
+                    report.invalid += 1;
+                    self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                    reschedules.push(Reschedule {
+                        subscription_id: id,
+                        bookkeeping: Bookkeeping {
+                            status: Some(("invalid".into(), reason.clone())),
+                            ..keep(row.next_cycle.unwrap_or(1).max(1) as u32, None)
+                        },
+                        events: vec![Event::sub(id, "invalid", reason)],
+                        remove_billkey: None,
+                    });
+                }
+                Decision::Ended { skipped } => {
+                    report.skipped_cycles += skipped.len();
+                    let mut events = skipped_events(&skipped, "paused");
+                    events.push(Event::sub(
+                        id,
+                        "ended",
+                        "no cycle left (max_cycles or ends_at)",
+                    ));
+                    reschedules.push(Reschedule {
+                        subscription_id: id,
+                        bookkeeping: Bookkeeping {
+                            status: Some(("ended".into(), "no cycle left".into())),
+                            ..keep(row.next_cycle.unwrap_or(1).max(1) as u32, None)
+                        },
+                        events,
+                        remove_billkey: None,
+                    });
+                }
+                Decision::CancelAtPeriodEnd { cycle } => {
+                    let reason =
+                        format!("cancelled at the end of the period, before cycle {cycle}");
+                    reschedules.push(Reschedule {
+                        subscription_id: id,
+                        bookkeeping: Bookkeeping {
+                            status: Some(("cancelled".into(), reason.clone())),
+                            ..keep(cycle, None)
+                        },
+                        events: vec![Event::sub(id, "cancelled", reason)],
+                        remove_billkey: Some(row.bid.clone()),
+                    });
+                }
+                Decision::Wait {
+                    next_cycle,
+                    next_charge_at,
+                    skipped,
+                    reason,
+                } => {
+                    report.skipped_cycles += skipped.len();
+                    reschedules.push(Reschedule {
+                        subscription_id: id,
+                        bookkeeping: keep(next_cycle, Some(next_charge_at)),
+                        events: skipped_events(&skipped, reason.unwrap_or("catch-up")),
+                        remove_billkey: None,
+                    });
+                }
+                Decision::Charge {
+                    cycle,
+                    due_at,
+                    attempt,
+                    moid,
+                    skipped,
+                } => {
+                    let Some(valid) = valid else { continue };
+                    report.skipped_cycles += skipped.len();
+                    let prior_declines = if row.next_cycle == Some(cycle as i32) {
+                        row.cycle_declines.max(0) as u32
+                    } else {
+                        0
+                    };
+                    starts.push(StartAttempt {
+                        subscription_id: id,
+                        cycle: cycle as i32,
+                        attempt: attempt as i32,
+                        moid: moid.to_string(),
+                        amount: valid.amount.value(),
+                        due_at,
+                        check_after: now + chrono_duration(s.settle),
+                        events: skipped_events(
+                            &skipped,
+                            "catch-up policy charges only the latest due cycle",
+                        ),
+                    });
+                    planned.push((
+                        Arc::new(valid),
+                        cycle,
+                        due_at,
+                        attempt,
+                        prior_declines,
+                        moid,
+                    ));
+                }
+            }
+        }
+        if !reschedules.is_empty() {
+            self.store.reschedule(&s.owner, now, reschedules).await?;
+        }
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = Arc::clone(&self.client);
+        let started = self
+            .store
+            .start_attempts(&s.owner, now, starts, move || client.new_tid().to_string())
+            .await?;
+        let mut in_flight = Vec::with_capacity(started.len());
+        for (i, charge_id, tid) in started {
+            let (valid, cycle, due_at, attempt, prior_declines, moid) = planned[i].clone();
+            let Ok(tid) = Tid::new(tid) else { continue };
+            in_flight.push(InFlight {
+                valid,
+                charge_id,
+                cycle,
+                due_at,
+                attempt,
+                prior_declines,
+                moid,
+                tid,
+                committed_at: now,
+            });
+        }
+        Ok(in_flight)
+    }
+
+    /// Sends one committed attempt and works out its outcome.
+    async fn send(&self, a: InFlight) -> (Outcome, Settledness) {
+        let started = Instant::now();
+        self.wait_if_throttled().await;
+        // An attempt may be looked up by another instance from `committed_at + settle`; it must
+        // be over by then, so one that waited too long is not sent at all.
+        let latest_send = a.committed_at
+            + chrono_duration(
+                self.settings
+                    .settle
+                    .saturating_sub(self.settings.call_timeout * 2),
+            );
+        let request = ApproveRequest {
+            bid: a.valid.bid.clone(),
+            tid: a.tid.clone(),
+            moid: a.moid.clone(),
+            amount: a.valid.amount,
+            goods_name: a.valid.goods_name.clone(),
+            card_quota: a.valid.card_quota.clone(),
+            interest_free: a.valid.interest_free,
+            buyer: a.valid.buyer.clone(),
+            mall_reserved: None,
+        };
+        let result = if self.clock.now() > latest_send {
+            Err(CallError::Transport {
+                api: crate::gateway::nicepay::Api::Approve,
+                failure: crate::gateway::nicepay::Transport::ConnectFailed,
+                detail: "not sent: the attempt waited too long for a free slot".into(),
+            })
+        } else {
+            let client = &self.client;
+            let request = &request;
+            retry(self.settings.transient, || async move {
+                match client.approve(request).await {
+                    Err(e) if e.class() == Class::NotSent => Err(Attempt::Transient(e)),
+                    Err(e) => Err(Attempt::Permanent(e)),
+                    Ok(reply) => Ok(reply),
+                }
+            })
+            .await
+        };
+        let class = match &result {
+            Ok(r) => r.class,
+            Err(e) => e.class(),
+        };
+        self.note_gateway(class);
+        let (outcome, settledness) = match Settled::from_class(class) {
+            Some(settled) => self.settle(&a, settled, &result),
+            None => {
+                if class == Class::Throttled {
+                    self.throttle().await;
+                }
+                // Ambiguous: the status lookup decides, now if it can.
+                let first = describe(&result);
+                self.resolve(
+                    &a.valid,
+                    &charge_facts(&a, self.settings.settle),
+                    0,
+                    Some(first),
+                )
+                .await
+            }
+        };
+        let (code, msg) = match &result {
+            Ok(r) => (r.result_code.clone(), r.result_msg.clone()),
+            Err(e) => (String::new(), e.to_string()),
+        };
+        tracing::info!(
+            subscription = a.valid.id,
+            external_id = %a.valid.external_id,
+            cycle = a.cycle,
+            attempt = a.attempt,
+            moid = %a.moid,
+            tid = %a.tid,
+            amount = a.valid.amount.value(),
+            result_code = %code,
+            result_msg = %msg,
+            class = class.as_str(),
+            state = %outcome.result.state,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "charge attempt"
+        );
+        (outcome, settledness)
+    }
+
+    /// The outcome of an attempt whose class settles it.
+    fn settle(
+        &self,
+        a: &InFlight,
+        settled: Settled,
+        result: &Result<Reply<Approval>, CallError>,
+    ) -> (Outcome, Settledness) {
+        let mut r = ChargeResult {
+            state: state_of(settled).into(),
+            error_class: Some(class_of(result).as_str().into()),
+            ..ChargeResult::default()
+        };
+        match result {
+            Ok(reply) => {
+                r.result_code = Some(reply.result_code.clone());
+                r.result_msg = Some(reply.result_msg.clone());
+                if let Some(d) = &reply.data {
+                    r.auth_code = d.auth_code.clone();
+                    r.auth_date = d.auth_date.clone();
+                    r.card_no = d.card_no.clone();
+                }
+            }
+            Err(e) => r.error = Some(e.to_string()),
+        }
+        let facts = charge_facts(a, self.settings.settle);
+        self.outcome_for(&a.valid, &facts, settled, r)
+    }
+
+    fn outcome_for(
+        &self,
+        valid: &Valid,
+        f: &ChargeFacts,
+        settled: Settled,
+        result: ChargeResult,
+    ) -> (Outcome, Settledness) {
+        let now = self.clock.now();
+        let declines = f.prior_declines + u32::from(settled == Settled::Declined);
+        let position = Position {
+            cycle: f.cycle,
+            due_at: f.due_at,
+            attempts: f.attempt,
+            declines,
+        };
+        let adv: Advance = plan::advance(
+            &valid.schedule,
+            position,
+            settled,
+            now,
+            &self.settings.policy,
+        );
+        let mut events = Vec::new();
+        let id = valid.id;
+        match settled {
+            Settled::Approved => events.push(Event::sub(
+                id,
+                "charged",
+                format!("cycle {} attempt {} TID {}", f.cycle, f.attempt, f.tid),
+            )),
+            Settled::Declined => events.push(Event::sub(
+                id,
+                "declined",
+                format!(
+                    "cycle {} attempt {}: {} {}; {}",
+                    f.cycle,
+                    f.attempt,
+                    result.result_code.as_deref().unwrap_or("-"),
+                    result.result_msg.as_deref().unwrap_or(""),
+                    match adv.next_charge_at {
+                        Some(at) if adv.status.is_none() => format!("next try {at}"),
+                        _ => "dunning exhausted".into(),
+                    }
+                ),
+            )),
+            Settled::PermanentCard | Settled::RequestError | Settled::NotCharged => {
+                events.push(Event::sub(
+                    id,
+                    state_of(settled),
+                    format!(
+                        "cycle {} attempt {}: {} {}{}",
+                        f.cycle,
+                        f.attempt,
+                        result.result_code.as_deref().unwrap_or("-"),
+                        result.result_msg.as_deref().unwrap_or(""),
+                        result
+                            .error
+                            .as_deref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                ))
+            }
+        }
+        if settled == Settled::RequestError {
+            tracing::error!(subscription = id, tid = %f.tid, code = ?result.result_code, error = ?result.error, "NICEPAY refused the request as malformed; check configuration");
+        }
+        let remove_billkey = match &adv.status {
+            Some((status, reason)) => {
+                events.push(Event::sub(id, status_event(status), reason.clone()));
+                (*status == "cancelled").then(|| valid.bid.to_string())
+            }
+            None => None,
+        };
+        let bookkeeping = Bookkeeping {
+            next_cycle: adv.next_cycle as i32,
+            next_charge_at: adv.next_charge_at,
+            cycle_attempts: adv.cycle_attempts as i32,
+            cycle_declines: adv.cycle_declines as i32,
+            status: adv.status.map(|(s, r)| (s.to_owned(), r)),
+        };
+        (
+            Outcome {
+                charge_id: f.charge_id,
+                subscription_id: id,
+                cycle: f.cycle as i32,
+                result,
+                bookkeeping: Some(bookkeeping),
+                events,
+                remove_billkey,
+            },
+            Settledness::Settled(settled),
+        )
+    }
+
+    /// Looks the attempt up by TID; settles it if the lookup can, else leaves it unresolved
+    /// with the time of the next lookup.
+    async fn resolve(
+        &self,
+        valid: &Valid,
+        f: &ChargeFacts,
+        lookups: i32,
+        first_error: Option<String>,
+    ) -> (Outcome, Settledness) {
+        let client = &self.client;
+        let tid = &f.tid;
+        let looked = retry(self.settings.transient, || async move {
+            match client.status(tid).await {
+                Ok(reply) => match reply.data {
+                    Some(status) => Ok(status),
+                    None if matches!(reply.class, Class::Throttled) => Err(Attempt::Transient(
+                        format!("{} {}", reply.result_code, reply.result_msg),
+                    )),
+                    None => Err(Attempt::Permanent(format!(
+                        "{} {}",
+                        reply.result_code, reply.result_msg
+                    ))),
+                },
+                Err(e) => Err(Attempt::Transient(e.to_string())),
+            }
+        })
+        .await;
+        let now = self.clock.now();
+        let lookups = lookups + 1;
+        let unresolved = |check_after: DateTime<Utc>, why: String| {
+            (
+                Outcome {
+                    charge_id: f.charge_id,
+                    subscription_id: valid.id,
+                    cycle: f.cycle as i32,
+                    result: ChargeResult {
+                        state: "unknown".into(),
+                        error_class: Some(Class::Unknown.as_str().into()),
+                        error: Some(why),
+                        check_after: Some(check_after),
+                        lookups,
+                        ..ChargeResult::default()
+                    },
+                    bookkeeping: None,
+                    events: vec![],
+                    remove_billkey: None,
+                },
+                Settledness::Unresolved,
+            )
+        };
+        match looked {
+            Ok(status) if matches!(status.state, TxState::Approved | TxState::Cancelled) => {
+                let result = ChargeResult {
+                    state: "approved".into(),
+                    result_code: Some("3001".into()),
+                    result_msg: Some(format!(
+                        "approved (found by status lookup{})",
+                        if status.state == TxState::Cancelled {
+                            ", since cancelled"
+                        } else {
+                            ""
+                        }
+                    )),
+                    auth_code: status.auth_code,
+                    auth_date: status.auth_date,
+                    error_class: Some(Class::Approved.as_str().into()),
+                    error: first_error,
+                    lookups,
+                    ..ChargeResult::default()
+                };
+                self.outcome_for(valid, f, Settled::Approved, result)
+            }
+            Ok(_not_found) if now >= f.settles_at => {
+                let result = ChargeResult {
+                    state: "not_charged".into(),
+                    result_msg: Some(
+                        "no approved transaction with this TID (status lookup)".into(),
+                    ),
+                    error_class: Some(Class::Unknown.as_str().into()),
+                    error: first_error,
+                    lookups,
+                    ..ChargeResult::default()
+                };
+                self.outcome_for(valid, f, Settled::NotCharged, result)
+            }
+            Ok(_not_found) => unresolved(
+                f.settles_at,
+                format!(
+                    "{}; not found yet, looked up again once it cannot be in flight",
+                    first_error.unwrap_or_default()
+                ),
+            ),
+            Err(e) => {
+                self.stats
+                    .gateway_failures_in_a_row
+                    .fetch_add(1, Ordering::Relaxed);
+                let delay = self.settings.lookup_retry.delay(lookups.max(1) as u32 - 1);
+                unresolved(
+                    now + chrono_duration(delay),
+                    format!("status lookup failed: {e}"),
+                )
+            }
+        }
+    }
+
+    async fn resolve_unresolved(&self) -> Result<PassReport, EngineError> {
+        let mut report = PassReport::default();
+        let s = &self.settings;
+        loop {
+            if self.stopping() {
+                break;
+            }
+            let now = self.clock.now();
+            let rows = self.store.claim_unresolved(now, s.lease, 256).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut outcomes = Vec::new();
+            for charge in rows {
+                let Some(sub) = self.store.subscription(charge.subscription_id).await? else {
+                    continue;
+                };
+                let Ok(tid) = Tid::new(charge.tid.clone()) else {
+                    continue;
+                };
+                // The row may have been edited since the attempt; the attempt is still
+                // resolved, on the schedule as it reads now.
+                let valid = match plan::validate(&sub, &s.policy) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(
+                            subscription = sub.id,
+                            "cannot resolve attempt {}: row invalid: {e}",
+                            charge.tid
+                        );
+                        continue;
+                    }
+                };
+                let due_at = valid
+                    .schedule
+                    .due_at(charge.cycle.max(1) as u32)
+                    .unwrap_or(now);
+                let facts = ChargeFacts {
+                    charge_id: charge.id,
+                    cycle: charge.cycle.max(1) as u32,
+                    due_at,
+                    attempt: charge.attempt.max(1) as u32,
+                    prior_declines: if sub.next_cycle == Some(charge.cycle) {
+                        sub.cycle_declines.max(0) as u32
+                    } else {
+                        0
+                    },
+                    tid,
+                    settles_at: charge.created_at.and_utc() + chrono_duration(s.settle),
+                };
+                let (outcome, settledness) = self
+                    .resolve(&valid, &facts, charge.lookups, charge.error.clone())
+                    .await;
+                tracing::info!(
+                    subscription = sub.id,
+                    external_id = %sub.external_id,
+                    cycle = charge.cycle,
+                    attempt = charge.attempt,
+                    moid = %charge.moid,
+                    tid = %charge.tid,
+                    amount = charge.amount,
+                    state = %outcome.result.state,
+                    "unresolved attempt looked up"
+                );
+                outcomes.push((outcome, settledness));
+            }
+            let counted = tally(&outcomes, &self.stats);
+            report.add(&counted);
+            report.resolved += outcomes
+                .iter()
+                .filter(|(_, s)| matches!(s, Settledness::Settled(_)))
+                .count();
+            let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(o, _)| o).collect();
+            self.store
+                .record_outcomes(self.clock.now(), outcomes)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    // ---- billkey removal ----
+
+    async fn remove_billkeys(&self) -> Result<PassReport, EngineError> {
+        let mut report = PassReport::default();
+        let s = &self.settings;
+        while !self.stopping() {
+            let now = self.clock.now();
+            let rows = self
+                .store
+                .claim_removals(&s.owner, now, s.lease, 64)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                let moid_text = format!(
+                    "{}R{}-A{}",
+                    s.policy.moid_prefix,
+                    row.subscription_id,
+                    row.attempts.max(0) + 1
+                );
+                let (done, code, msg) =
+                    match (Bid::new(row.bid.clone()), Moid::new(moid_text.clone())) {
+                        (Ok(bid), Ok(moid)) => {
+                            let client = &self.client;
+                            let (bid, moid) = (&bid, &moid);
+                            let result = retry(s.transient, || async move {
+                                match client.remove_billkey(bid, moid).await {
+                                    Err(e) if e.class() == Class::NotSent => {
+                                        Err(Attempt::Transient(e))
+                                    }
+                                    Err(e) => Err(Attempt::Permanent(e)),
+                                    Ok(r) => Ok(r),
+                                }
+                            })
+                            .await;
+                            match result {
+                                Ok(r) => (
+                                    r.class == Class::Approved,
+                                    Some(r.result_code),
+                                    Some(r.result_msg),
+                                ),
+                                Err(e) => (false, None, Some(e.to_string())),
+                            }
+                        }
+                        (Err(e), _) | (_, Err(e)) => (false, None, Some(e.to_string())),
+                    };
+                let retry_at =
+                    now + chrono_duration(s.removal_retry.delay(row.attempts.max(0) as u32));
+                let event = if done {
+                    report.removed += 1;
+                    self.stats.removed.fetch_add(1, Ordering::Relaxed);
+                    Event::sub(
+                        row.subscription_id,
+                        "billkey_removed",
+                        format!(
+                            "{} {}",
+                            code.as_deref().unwrap_or(""),
+                            msg.as_deref().unwrap_or("")
+                        ),
+                    )
+                } else {
+                    Event::sub(
+                        row.subscription_id,
+                        "billkey_removal_failed",
+                        format!(
+                            "{} {}; next try {retry_at}",
+                            code.as_deref().unwrap_or("-"),
+                            msg.as_deref().unwrap_or("")
+                        ),
+                    )
+                };
+                tracing::info!(subscription = row.subscription_id, done, code = ?code, "billkey removal");
+                self.store
+                    .record_removal(
+                        &s.owner,
+                        self.clock.now(),
+                        row.subscription_id,
+                        moid_text,
+                        done,
+                        code,
+                        msg,
+                        retry_at,
+                        event,
+                    )
+                    .await?;
+            }
+        }
+        Ok(report)
+    }
+
+    // ---- gateway health ----
+
+    fn note_gateway(&self, class: Class) {
+        match class {
+            Class::NotSent | Class::Unknown | Class::Throttled => {
+                self.stats
+                    .gateway_failures_in_a_row
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => self
+                .stats
+                .gateway_failures_in_a_row
+                .store(0, Ordering::Relaxed),
+        }
+    }
+
+    async fn throttle(&self) {
+        let until = Instant::now() + self.settings.throttle_pause;
+        let mut t = self.throttled_until.lock().await;
+        if t.is_none_or(|current| current < until) {
+            tracing::warn!(
+                pause_ms = self.settings.throttle_pause.as_millis() as u64,
+                "NICEPAY signals overload; slowing down"
+            );
+            *t = Some(until);
+        }
+    }
+
+    async fn wait_if_throttled(&self) {
+        let until = *self.throttled_until.lock().await;
+        if let Some(until) = until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+}
+
+/// Whether an outcome settled the attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settledness {
+    Settled(Settled),
+    Unresolved,
+}
+
+/// What settling an attempt needs to know about it.
+struct ChargeFacts {
+    charge_id: i64,
+    cycle: u32,
+    due_at: DateTime<Utc>,
+    attempt: u32,
+    prior_declines: u32,
+    tid: Tid,
+    settles_at: DateTime<Utc>,
+}
+
+fn charge_facts(a: &InFlight, settle: Duration) -> ChargeFacts {
+    ChargeFacts {
+        charge_id: a.charge_id,
+        cycle: a.cycle,
+        due_at: a.due_at,
+        attempt: a.attempt,
+        prior_declines: a.prior_declines,
+        tid: a.tid.clone(),
+        settles_at: a.committed_at + chrono_duration(settle),
+    }
+}
+
+fn state_of(settled: Settled) -> &'static str {
+    match settled {
+        Settled::Approved => "approved",
+        Settled::Declined => "declined",
+        Settled::PermanentCard => "card_invalid",
+        Settled::RequestError => "request_error",
+        Settled::NotCharged => "not_charged",
+    }
+}
+
+fn status_event(status: &str) -> &'static str {
+    match status {
+        "ended" => "ended",
+        "cancelled" => "cancelled",
+        "card_invalid" => "card_invalid",
+        "past_due" => "past_due",
+        _ => "status_changed",
+    }
+}
+
+fn class_of<T>(result: &Result<Reply<T>, CallError>) -> Class {
+    match result {
+        Ok(r) => r.class,
+        Err(e) => e.class(),
+    }
+}
+
+fn describe<T>(result: &Result<Reply<T>, CallError>) -> String {
+    match result {
+        Ok(r) => format!("{} {} [{}]", r.result_code, r.result_msg, r.class),
+        Err(e) => format!("{e} [{}]", e.class()),
+    }
+}
+
+pub(crate) fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn tally(outcomes: &[(Outcome, Settledness)], stats: &Stats) -> PassReport {
+    let mut r = PassReport::default();
+    for (_, s) in outcomes {
+        match s {
+            Settledness::Settled(Settled::Approved) => {
+                r.charged += 1;
+                stats.charged.fetch_add(1, Ordering::Relaxed);
+            }
+            Settledness::Settled(Settled::Declined) => {
+                r.declined += 1;
+                stats.declined.fetch_add(1, Ordering::Relaxed);
+            }
+            Settledness::Settled(Settled::PermanentCard | Settled::RequestError) => {
+                r.failed += 1;
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Settledness::Settled(Settled::NotCharged) => {
+                r.not_charged += 1;
+                stats.not_charged.fetch_add(1, Ordering::Relaxed);
+            }
+            Settledness::Unresolved => {
+                r.unresolved += 1;
+                stats.unresolved.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    r
+}
+
+/// Group commit: every outcome waiting in the channel goes into one transaction. An outcome
+/// whose write fails stays `pending`/`unknown` in the database and is resolved by lookup later.
+async fn write_outcomes(
+    store: Store,
+    clock: SharedClock,
+    stats: Arc<Stats>,
+    mut rx: mpsc::Receiver<(Outcome, Settledness)>,
+) -> PassReport {
+    let mut report = PassReport::default();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let counted = tally(&batch, &stats);
+        let outcomes: Vec<Outcome> = batch.into_iter().map(|(o, _)| o).collect();
+        match store.record_outcomes(clock.now(), outcomes).await {
+            Ok(_) => report.add(&counted),
+            Err(e) => tracing::error!(
+                "could not record {} outcomes ({e}); they stay unresolved and will be looked up",
+                counted.charged
+                    + counted.declined
+                    + counted.failed
+                    + counted.not_charged
+                    + counted.unresolved
+            ),
+        }
+    }
+    report
+}

@@ -1,0 +1,4 @@
+//! Charging subscriptions: the pure planner (`plan`) and the engine that drives it (`engine`).
+
+pub mod engine;
+pub mod plan;

@@ -1,0 +1,432 @@
+//! The pure core of billing: what to do with a claimed subscription, and how its outcome
+//! moves it on. No IO; `now` is an argument; every decision is a value the engine commits.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Bid, FieldError, Krw, Moid};
+use crate::gateway::nicepay::{Buyer, Class, check_goods_name, form, limits};
+use crate::schedule::{CatchUp, Cycle, IntervalUnit, Schedule, parse_timezone};
+use crate::storage::models::SubscriptionRow;
+
+/// Statuses a merchant application writes.
+pub const MERCHANT_STATUSES: [&str; 3] = ["active", "paused", "cancelled"];
+/// Statuses nicebill sets.
+pub const NICEBILL_STATUSES: [&str; 4] = ["past_due", "card_invalid", "ended", "invalid"];
+
+/// Where a subscription goes when dunning runs out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalState {
+    PastDue,
+    Cancelled,
+}
+
+impl FinalState {
+    pub fn status(self) -> &'static str {
+        match self {
+            FinalState::PastDue => "past_due",
+            FinalState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Billing rules from the configuration.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Time zone of schedules whose row has none.
+    pub timezone: Tz,
+    pub catch_up: CatchUp,
+    /// Dunning: wait this long after the 1st, 2nd, … decline of a cycle.
+    pub retry_after: Vec<Duration>,
+    /// Status after the last dunning attempt is declined.
+    pub final_state: FinalState,
+    /// Prepended to every Moid (e.g. to tell two merchants' systems apart).
+    pub moid_prefix: String,
+    /// After a request error (our bug or configuration): try the cycle again this much later.
+    pub request_error_retry: Duration,
+    /// After an attempt that never reached NICEPAY (or was found never to have been approved):
+    /// try again this much later.
+    pub resend_after: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            timezone: chrono_tz::Asia::Seoul,
+            catch_up: CatchUp::Latest,
+            retry_after: vec![days(1), days(3), days(5)],
+            final_state: FinalState::PastDue,
+            moid_prefix: String::new(),
+            request_error_retry: Duration::from_secs(3600),
+            resend_after: Duration::from_secs(60),
+        }
+    }
+}
+
+fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
+}
+
+/// A subscription row that passed every check: ready to charge.
+#[derive(Clone, Debug)]
+pub struct Valid {
+    pub id: i64,
+    pub external_id: String,
+    pub bid: Bid,
+    pub amount: Krw,
+    pub goods_name: String,
+    pub buyer: Buyer,
+    pub card_quota: String,
+    pub interest_free: bool,
+    pub schedule: Schedule,
+}
+
+pub fn to_utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+/// Checks every column nicebill relies on; the error names the column and the problem.
+pub fn validate(row: &SubscriptionRow, policy: &Policy) -> Result<Valid, FieldError> {
+    if !MERCHANT_STATUSES.contains(&row.status.as_str())
+        && !NICEBILL_STATUSES.contains(&row.status.as_str())
+    {
+        return Err(FieldError::new(
+            "status",
+            format!(
+                "{:?} is not one of active, paused, cancelled (nicebill also sets past_due, card_invalid, ended, invalid)",
+                row.status
+            ),
+        ));
+    }
+    let amount = Krw::positive(row.amount)
+        .map_err(|e| FieldError::new("amount", format!("{} KRW: {}", row.amount, e.problem)))?;
+    let bid = Bid::new(row.bid.trim()).map_err(|e| FieldError::new("bid", e.problem))?;
+    check_goods_name(&row.goods_name).map_err(|e| FieldError::new("goods_name", e.problem))?;
+    let buyer = Buyer {
+        name: row.buyer_name.clone(),
+        email: row.buyer_email.clone(),
+        tel: row.buyer_tel.clone(),
+    };
+    for (field, value, max) in [
+        ("buyer_name", &buyer.name, limits::BUYER_NAME),
+        ("buyer_email", &buyer.email, limits::BUYER_EMAIL),
+        ("buyer_tel", &buyer.tel, limits::BUYER_TEL),
+    ] {
+        if let Some(v) = value {
+            form::euc_kr_limited(field, v, max)?;
+        }
+    }
+    let quota_ok = row.card_quota.len() == 2
+        && row.card_quota.bytes().all(|b| b.is_ascii_digit())
+        && row.card_quota != "01";
+    if !quota_ok {
+        return Err(FieldError::new(
+            "card_quota",
+            format!("{:?} is not 00 (lump sum) or 02..99 months", row.card_quota),
+        ));
+    }
+    let interest_free = match row.card_interest.as_str() {
+        "0" => false,
+        "1" => true,
+        other => {
+            return Err(FieldError::new(
+                "card_interest",
+                format!("{other:?} is not 0 or 1"),
+            ));
+        }
+    };
+    let tz = match &row.timezone {
+        Some(name) if !name.trim().is_empty() => {
+            parse_timezone("timezone", name).map_err(|e| FieldError::new(e.field, e.problem))?
+        }
+        _ => policy.timezone,
+    };
+    let anchor = to_utc(row.anchor_at);
+    let schedule = match &row.cron {
+        Some(cron) if !cron.trim().is_empty() => Schedule::cron(cron, anchor, tz),
+        _ => {
+            let unit: IntervalUnit = row
+                .interval_unit
+                .parse()
+                .map_err(|e: crate::schedule::ScheduleError| FieldError::new(e.field, e.problem))?;
+            Schedule::every(unit, i64::from(row.interval_count), anchor, tz)
+        }
+    }
+    .and_then(|s| s.with_end(row.max_cycles.map(i64::from), row.ends_at.map(to_utc)))
+    .map_err(|e| FieldError::new(e.field, e.problem))?;
+    Ok(Valid {
+        id: row.id,
+        external_id: row.external_id.clone(),
+        bid,
+        amount,
+        goods_name: row.goods_name.clone(),
+        buyer,
+        card_quota: row.card_quota.clone(),
+        interest_free,
+        schedule,
+    })
+}
+
+/// The Moid of one attempt: deterministic, so a restart derives the same one.
+pub fn moid(
+    prefix: &str,
+    subscription: i64,
+    cycle: Cycle,
+    attempt: u32,
+) -> Result<Moid, FieldError> {
+    Moid::new(format!("{prefix}S{subscription}-C{cycle}-A{attempt}"))
+}
+
+/// What to do with a claimed subscription now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// The row cannot be charged as written.
+    Invalid { reason: String },
+    /// No cycle is left (max_cycles, ends_at).
+    Ended {
+        skipped: Vec<(Cycle, DateTime<Utc>)>,
+    },
+    /// `cancel_at_period_end`: the period ended; cancel instead of charging.
+    CancelAtPeriodEnd { cycle: Cycle },
+    /// Nothing to charge yet; remember when the next cycle is due.
+    Wait {
+        next_cycle: Cycle,
+        next_charge_at: DateTime<Utc>,
+        skipped: Vec<(Cycle, DateTime<Utc>)>,
+        reason: Option<&'static str>,
+    },
+    /// Charge one cycle now.
+    Charge {
+        cycle: Cycle,
+        due_at: DateTime<Utc>,
+        attempt: u32,
+        moid: Moid,
+        /// Earlier cycles passed over by the catch-up policy.
+        skipped: Vec<(Cycle, DateTime<Utc>)>,
+    },
+}
+
+/// Decides what a claimed, active subscription needs at `now`.
+pub fn decide(
+    row: &SubscriptionRow,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> (Decision, Option<Valid>) {
+    let valid = match validate(row, policy) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                Decision::Invalid {
+                    reason: e.to_string(),
+                },
+                None,
+            );
+        }
+    };
+    let schedule = &valid.schedule;
+    // Where the subscription stands: the next uncharged cycle and its scheduled due time.
+    let current = match row.next_cycle {
+        Some(c) if c >= 1 => {
+            let c = c as Cycle;
+            schedule.due_at(c).map(|due| (c, due))
+        }
+        _ => schedule.due_at(1).map(|due| (1, due)),
+    };
+    let Some((cycle, due)) = current else {
+        return (Decision::Ended { skipped: vec![] }, Some(valid));
+    };
+
+    // Resumed after a pause: cycles that came due meanwhile are not charged.
+    if row.paused_since.is_some() {
+        let mut skipped = Vec::new();
+        let mut c = (cycle, due);
+        loop {
+            if c.1 > now {
+                return (
+                    Decision::Wait {
+                        next_cycle: c.0,
+                        next_charge_at: c.1,
+                        skipped,
+                        reason: Some("paused"),
+                    },
+                    Some(valid),
+                );
+            }
+            skipped.push(c);
+            match schedule.next(c.0, c.1) {
+                Some(n) => c = n,
+                None => return (Decision::Ended { skipped }, Some(valid)),
+            }
+        }
+    }
+
+    // In dunning the row's next_charge_at is the retry time, later than the cycle's due time.
+    let act_at = row.next_charge_at.map(to_utc).unwrap_or(due).max(due);
+    if act_at > now {
+        return (
+            Decision::Wait {
+                next_cycle: cycle,
+                next_charge_at: act_at,
+                skipped: vec![],
+                reason: None,
+            },
+            Some(valid),
+        );
+    }
+    let Some(chosen) = schedule.due_now(cycle, due, now, policy.catch_up) else {
+        return (
+            Decision::Wait {
+                next_cycle: cycle,
+                next_charge_at: due,
+                skipped: vec![],
+                reason: None,
+            },
+            Some(valid),
+        );
+    };
+    if row.cancel_at_period_end {
+        return (
+            Decision::CancelAtPeriodEnd {
+                cycle: chosen.cycle,
+            },
+            Some(valid),
+        );
+    }
+    let same_cycle = row.next_cycle == Some(chosen.cycle as i32);
+    let attempt = if same_cycle {
+        row.cycle_attempts.max(0) as u32 + 1
+    } else {
+        1
+    };
+    match moid(&policy.moid_prefix, row.id, chosen.cycle, attempt) {
+        Ok(moid) => (
+            Decision::Charge {
+                cycle: chosen.cycle,
+                due_at: chosen.due_at,
+                attempt,
+                moid,
+                skipped: chosen.skipped,
+            },
+            Some(valid),
+        ),
+        Err(e) => (
+            Decision::Invalid {
+                reason: format!("moid: {}", e.problem),
+            },
+            None,
+        ),
+    }
+}
+
+/// How an attempt ended, as far as the subscription is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Approved,
+    Declined,
+    PermanentCard,
+    RequestError,
+    /// Never reached NICEPAY, or a status lookup proved it was never approved.
+    NotCharged,
+}
+
+impl Settled {
+    /// The settled outcome of a classified answer; `None` while it is still ambiguous.
+    pub fn from_class(class: Class) -> Option<Settled> {
+        match class {
+            Class::Approved => Some(Settled::Approved),
+            Class::Declined => Some(Settled::Declined),
+            Class::PermanentCard => Some(Settled::PermanentCard),
+            Class::RequestError => Some(Settled::RequestError),
+            Class::NotSent => Some(Settled::NotCharged),
+            Class::Duplicate | Class::Throttled | Class::Unknown => None,
+        }
+    }
+}
+
+/// The subscription's new bookkeeping after an attempt settled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Advance {
+    pub next_cycle: Cycle,
+    pub next_charge_at: Option<DateTime<Utc>>,
+    pub cycle_attempts: u32,
+    pub cycle_declines: u32,
+    /// A new status, with its reason.
+    pub status: Option<(&'static str, String)>,
+}
+
+/// Where an attempt stands in its subscription's schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub cycle: Cycle,
+    /// The cycle's scheduled due time.
+    pub due_at: DateTime<Utc>,
+    /// This cycle's attempts, including this one.
+    pub attempts: u32,
+    /// This cycle's declines, including this one if it was declined.
+    pub declines: u32,
+}
+
+/// Moves a subscription on after the attempt at `at` settled as `settled`.
+pub fn advance(
+    schedule: &Schedule,
+    at: Position,
+    settled: Settled,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Advance {
+    let Position {
+        cycle,
+        due_at,
+        attempts,
+        declines,
+    } = at;
+    let stay = |at: DateTime<Utc>, declines: u32| Advance {
+        next_cycle: cycle,
+        next_charge_at: Some(at),
+        cycle_attempts: attempts,
+        cycle_declines: declines,
+        status: None,
+    };
+    let later = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    match settled {
+        Settled::Approved => match schedule.next(cycle, due_at) {
+            Some((next, at)) => Advance {
+                next_cycle: next,
+                next_charge_at: Some(at),
+                cycle_attempts: 0,
+                cycle_declines: 0,
+                status: None,
+            },
+            None => Advance {
+                next_cycle: cycle + 1,
+                next_charge_at: None,
+                cycle_attempts: 0,
+                cycle_declines: 0,
+                status: Some(("ended", format!("last cycle ({cycle}) charged"))),
+            },
+        },
+        Settled::Declined => match policy.retry_after.get(declines as usize - 1) {
+            Some(wait) => stay(later(*wait), declines),
+            None => Advance {
+                status: Some((
+                    policy.final_state.status(),
+                    format!("cycle {cycle} declined {declines} times; dunning exhausted"),
+                )),
+                ..stay(now, declines)
+            },
+        },
+        Settled::PermanentCard => Advance {
+            status: Some((
+                "card_invalid",
+                format!("cycle {cycle}: the card cannot be charged again; a new billkey is needed"),
+            )),
+            ..stay(now, declines)
+        },
+        Settled::RequestError => stay(later(policy.request_error_retry), declines),
+        Settled::NotCharged => stay(later(policy.resend_after), declines),
+    }
+}

@@ -1,0 +1,143 @@
+//! Rows as diesel reads and writes them.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::{billkey_removals, charges, events, subscriptions};
+
+/// A subscription as stored: merchant columns first, then nicebill's bookkeeping.
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]
+#[diesel(table_name = subscriptions)]
+pub struct SubscriptionRow {
+    pub id: i64,
+    pub external_id: String,
+    pub bid: String,
+    pub amount: i64,
+    pub goods_name: String,
+    pub buyer_name: Option<String>,
+    pub buyer_email: Option<String>,
+    pub buyer_tel: Option<String>,
+    pub card_quota: String,
+    pub card_interest: String,
+    pub interval_unit: String,
+    pub interval_count: i32,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub anchor_at: NaiveDateTime,
+    pub max_cycles: Option<i32>,
+    pub ends_at: Option<NaiveDateTime>,
+    pub status: String,
+    pub cancel_at_period_end: bool,
+    pub next_cycle: Option<i32>,
+    pub next_charge_at: Option<NaiveDateTime>,
+    pub cycle_attempts: i32,
+    pub cycle_declines: i32,
+    pub paused_since: Option<NaiveDateTime>,
+    pub seen_status: Option<String>,
+    pub status_reason: Option<String>,
+    pub claimed_by: Option<String>,
+    pub claimed_until: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// The merchant's columns of a new subscription.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = subscriptions)]
+pub struct NewSubscription {
+    pub external_id: String,
+    pub bid: String,
+    pub amount: i64,
+    pub goods_name: String,
+    pub buyer_name: Option<String>,
+    pub buyer_email: Option<String>,
+    pub buyer_tel: Option<String>,
+    pub card_quota: String,
+    pub card_interest: String,
+    pub interval_unit: String,
+    pub interval_count: i32,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub anchor_at: NaiveDateTime,
+    pub max_cycles: Option<i32>,
+    pub ends_at: Option<NaiveDateTime>,
+    pub status: String,
+    pub cancel_at_period_end: bool,
+}
+
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = charges)]
+pub struct ChargeRow {
+    pub id: i64,
+    pub subscription_id: i64,
+    pub cycle: i32,
+    pub attempt: i32,
+    pub moid: String,
+    pub tid: String,
+    pub amount: i64,
+    pub state: String,
+    pub result_code: Option<String>,
+    pub result_msg: Option<String>,
+    pub auth_code: Option<String>,
+    pub auth_date: Option<String>,
+    pub card_no: Option<String>,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub lookups: i32,
+    pub check_after: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub resolved_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = charges)]
+pub struct NewCharge {
+    pub subscription_id: i64,
+    pub cycle: i32,
+    pub attempt: i32,
+    pub moid: String,
+    pub tid: String,
+    pub amount: i64,
+    pub state: String,
+    pub check_after: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]
+#[diesel(table_name = billkey_removals)]
+pub struct RemovalRow {
+    pub subscription_id: i64,
+    pub bid: String,
+    pub state: String,
+    pub attempts: i32,
+    pub moid: Option<String>,
+    pub result_code: Option<String>,
+    pub result_msg: Option<String>,
+    pub next_attempt_at: NaiveDateTime,
+    pub claimed_by: Option<String>,
+    pub claimed_until: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub done_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = events)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: NaiveDateTime,
+    pub subscription_id: Option<i64>,
+    pub charge_id: Option<i64>,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = events)]
+pub struct NewEvent {
+    pub at: NaiveDateTime,
+    pub subscription_id: Option<i64>,
+    pub charge_id: Option<i64>,
+    pub kind: String,
+    pub detail: String,
+}

@@ -1,0 +1,92 @@
+//! Diesel's view of the tables in `migrations/{sqlite,postgres}`. One schema serves both
+//! backends: timestamps are `TIMESTAMP` holding UTC on both.
+
+diesel::table! {
+    subscriptions (id) {
+        id -> BigInt,
+        external_id -> Text,
+        bid -> Text,
+        amount -> BigInt,
+        goods_name -> Text,
+        buyer_name -> Nullable<Text>,
+        buyer_email -> Nullable<Text>,
+        buyer_tel -> Nullable<Text>,
+        card_quota -> Text,
+        card_interest -> Text,
+        interval_unit -> Text,
+        interval_count -> Integer,
+        cron -> Nullable<Text>,
+        timezone -> Nullable<Text>,
+        anchor_at -> Timestamp,
+        max_cycles -> Nullable<Integer>,
+        ends_at -> Nullable<Timestamp>,
+        status -> Text,
+        cancel_at_period_end -> Bool,
+        next_cycle -> Nullable<Integer>,
+        next_charge_at -> Nullable<Timestamp>,
+        cycle_attempts -> Integer,
+        cycle_declines -> Integer,
+        paused_since -> Nullable<Timestamp>,
+        seen_status -> Nullable<Text>,
+        status_reason -> Nullable<Text>,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    charges (id) {
+        id -> BigInt,
+        subscription_id -> BigInt,
+        cycle -> Integer,
+        attempt -> Integer,
+        moid -> Text,
+        tid -> Text,
+        amount -> BigInt,
+        state -> Text,
+        result_code -> Nullable<Text>,
+        result_msg -> Nullable<Text>,
+        auth_code -> Nullable<Text>,
+        auth_date -> Nullable<Text>,
+        card_no -> Nullable<Text>,
+        error_class -> Nullable<Text>,
+        error -> Nullable<Text>,
+        lookups -> Integer,
+        check_after -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        resolved_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    billkey_removals (subscription_id) {
+        subscription_id -> BigInt,
+        bid -> Text,
+        state -> Text,
+        attempts -> Integer,
+        moid -> Nullable<Text>,
+        result_code -> Nullable<Text>,
+        result_msg -> Nullable<Text>,
+        next_attempt_at -> Timestamp,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        done_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> BigInt,
+        at -> Timestamp,
+        subscription_id -> Nullable<BigInt>,
+        charge_id -> Nullable<BigInt>,
+        kind -> Text,
+        detail -> Text,
+    }
+}
+
+diesel::joinable!(charges -> subscriptions (subscription_id));
+diesel::allow_tables_to_appear_in_same_query!(subscriptions, charges, billkey_removals, events);
