@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::billing::engine::EngineSettings;
+use crate::billing::plan::{FinalState, Policy};
 use crate::domain::{FieldError, MerchantKey, Mid};
 use crate::gateway::nicepay::client::BaseUrl;
 use crate::gateway::nicepay::{Charset, ClientSettings, EdiType};
+use crate::schedule::{CatchUp, parse_timezone};
+use crate::storage::DbUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -52,10 +56,76 @@ fn default_base_url() -> String {
     "https://webapi.nicepay.co.kr".to_owned()
 }
 
+/// `[database]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+    auto_migrate: Option<bool>,
+    max_connections: Option<u32>,
+}
+
+/// `[scheduler]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    tick: Option<String>,
+    timezone: Option<String>,
+    concurrency: Option<usize>,
+    batch: Option<i64>,
+    lease: Option<String>,
+    catch_up: Option<String>,
+    moid_prefix: Option<String>,
+    settle_margin: Option<String>,
+}
+
+/// `[retry]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    retry_after: Option<Vec<String>>,
+    final_state: Option<String>,
+    request_error_retry: Option<String>,
+    resend_after: Option<String>,
+    transient_max_elapsed: Option<String>,
+    lookup_max_interval: Option<String>,
+    removal_max_interval: Option<String>,
+    throttle_pause: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     nicepay: RawNicepay,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    scheduler: RawScheduler,
+    #[serde(default)]
+    retry: RawRetry,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: DbUrl,
+    pub auto_migrate: bool,
+    pub max_connections: u32,
+}
+
+/// `[scheduler]` and `[retry]`, except what lives in [`Policy`].
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// 6-field cron (seconds first) of the daemon's passes, in UTC.
+    pub tick: String,
+    pub concurrency: usize,
+    pub batch: i64,
+    pub lease: Duration,
+    pub settle_margin: Duration,
+    pub transient_max_elapsed: Duration,
+    pub lookup_max_interval: Duration,
+    pub removal_max_interval: Duration,
+    pub throttle_pause: Duration,
 }
 
 /// The validated configuration.
@@ -63,6 +133,9 @@ struct RawConfig {
 pub struct Config {
     pub file: PathBuf,
     pub nicepay: ClientSettings,
+    pub database: DatabaseConfig,
+    pub scheduler: SchedulerConfig,
+    pub policy: Policy,
     /// Things worth telling the operator that do not stop startup (logged once tracing runs).
     pub warnings: Vec<String>,
 }
@@ -178,12 +251,181 @@ impl Config {
                 )
             })?;
         }
+        let database = database(&raw.database).map_err(|(k, p)| invalid(k, p))?;
+        let (scheduler, policy) =
+            scheduling(&raw.scheduler, &raw.retry).map_err(|(k, p)| invalid(k, p))?;
         Ok(Config {
             file: file.to_owned(),
             nicepay: settings,
+            database,
+            scheduler,
+            policy,
             warnings,
         })
     }
+
+    /// The engine's settings for an instance called `owner`.
+    pub fn engine_settings(&self, owner: String) -> EngineSettings {
+        let s = &self.scheduler;
+        let call = self.nicepay.connect_timeout + self.nicepay.read_timeout;
+        let mut e = EngineSettings::new(owner, self.policy.clone(), call);
+        e.concurrency = s.concurrency;
+        e.batch = s.batch;
+        e.lease = s.lease;
+        e.settle = call * 2 + s.settle_margin;
+        e.transient.max_elapsed = s.transient_max_elapsed;
+        e.lookup_retry.max_interval = s.lookup_max_interval;
+        e.removal_retry.max_interval = s.removal_max_interval;
+        e.throttle_pause = s.throttle_pause;
+        e
+    }
+}
+
+type KeyProblem = (&'static str, String);
+
+fn duration_key(
+    key: &'static str,
+    value: &Option<String>,
+    default: Duration,
+) -> Result<Duration, KeyProblem> {
+    match value {
+        Some(text) => parse_duration(text).map_err(|p| (key, p)),
+        None => Ok(default),
+    }
+}
+
+fn database(raw: &RawDatabase) -> Result<DatabaseConfig, KeyProblem> {
+    let url = DbUrl::parse(raw.url.as_deref().unwrap_or("sqlite://nicebill.db"))
+        .map_err(|e| ("database.url", e.problem))?;
+    let max_connections = raw.max_connections.unwrap_or(8);
+    if !(1..=256).contains(&max_connections) {
+        return Err((
+            "database.max_connections",
+            format!("{max_connections}: expected 1 to 256"),
+        ));
+    }
+    Ok(DatabaseConfig {
+        url,
+        auto_migrate: raw.auto_migrate.unwrap_or(true),
+        max_connections,
+    })
+}
+
+fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy), KeyProblem> {
+    let defaults = Policy::default();
+    let tick = s
+        .tick
+        .clone()
+        .unwrap_or_else(|| "*/10 * * * * *".to_owned());
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(&tick)
+        .map_err(|e| {
+            (
+                "scheduler.tick",
+                format!("{tick:?} is not a 6-field cron expression (seconds first): {e}"),
+            )
+        })?;
+    let timezone = match &s.timezone {
+        Some(tz) => parse_timezone("scheduler.timezone", tz).map_err(|e| (e.field, e.problem))?,
+        None => defaults.timezone,
+    };
+    let concurrency = s.concurrency.unwrap_or(16);
+    if !(1..=1024).contains(&concurrency) {
+        return Err((
+            "scheduler.concurrency",
+            format!("{concurrency}: expected 1 to 1024"),
+        ));
+    }
+    let batch = s.batch.unwrap_or(concurrency as i64);
+    if !(1..=10_000).contains(&batch) {
+        return Err(("scheduler.batch", format!("{batch}: expected 1 to 10000")));
+    }
+    let catch_up = match s.catch_up.as_deref() {
+        None | Some("latest") => CatchUp::Latest,
+        Some("all") => CatchUp::All,
+        Some(other) => {
+            return Err((
+                "scheduler.catch_up",
+                format!("{other:?}: expected \"latest\" or \"all\""),
+            ));
+        }
+    };
+    let moid_prefix = s.moid_prefix.clone().unwrap_or_default();
+    if moid_prefix.len() > 20
+        || !moid_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err((
+            "scheduler.moid_prefix",
+            format!("{moid_prefix:?}: at most 20 characters of A-Z, a-z, 0-9, '-' and '_'"),
+        ));
+    }
+    let retry_after = match &r.retry_after {
+        None => defaults.retry_after.clone(),
+        Some(list) => list
+            .iter()
+            .map(|t| parse_duration(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|p| ("retry.retry_after", p))?,
+    };
+    let final_state = match r.final_state.as_deref() {
+        None | Some("past_due") => FinalState::PastDue,
+        Some("cancelled") => FinalState::Cancelled,
+        Some(other) => {
+            return Err((
+                "retry.final_state",
+                format!("{other:?}: expected \"past_due\" or \"cancelled\""),
+            ));
+        }
+    };
+    let policy = Policy {
+        timezone,
+        catch_up,
+        retry_after,
+        final_state,
+        moid_prefix,
+        request_error_retry: duration_key(
+            "retry.request_error_retry",
+            &r.request_error_retry,
+            defaults.request_error_retry,
+        )?,
+        resend_after: duration_key("retry.resend_after", &r.resend_after, defaults.resend_after)?,
+    };
+    let scheduler = SchedulerConfig {
+        tick,
+        concurrency,
+        batch,
+        lease: duration_key("scheduler.lease", &s.lease, Duration::from_secs(30))?,
+        settle_margin: duration_key(
+            "scheduler.settle_margin",
+            &s.settle_margin,
+            Duration::from_secs(60),
+        )?,
+        transient_max_elapsed: duration_key(
+            "retry.transient_max_elapsed",
+            &r.transient_max_elapsed,
+            Duration::from_secs(10),
+        )?,
+        lookup_max_interval: duration_key(
+            "retry.lookup_max_interval",
+            &r.lookup_max_interval,
+            Duration::from_secs(600),
+        )?,
+        removal_max_interval: duration_key(
+            "retry.removal_max_interval",
+            &r.removal_max_interval,
+            Duration::from_secs(6 * 3600),
+        )?,
+        throttle_pause: duration_key(
+            "retry.throttle_pause",
+            &r.throttle_pause,
+            Duration::from_secs(5),
+        )?,
+    };
+    Ok((scheduler, policy))
 }
 
 /// Parses `"15s"`, `"500ms"`, `"2m"`; refuses zero.
@@ -275,6 +517,39 @@ mod tests {
             (&format!("{base}read_timeout = 5\n"), "read_timeout"),
             (&format!("{base}charset = \"latin1\"\n"), "nicepay.charset"),
             ("[nicepay\n", "test.toml"),
+            (
+                &format!("{base}[database]\nurl = \"mysql://x\"\n"),
+                "database.url",
+            ),
+            (
+                &format!("{base}[scheduler]\ntick = \"*/10 * * * *\"\n"),
+                "scheduler.tick",
+            ),
+            (
+                &format!("{base}[scheduler]\ntimezone = \"Mars/Base\"\n"),
+                "scheduler.timezone",
+            ),
+            (
+                &format!("{base}[scheduler]\nconcurrency = 0\n"),
+                "scheduler.concurrency",
+            ),
+            (
+                &format!("{base}[scheduler]\ncatch_up = \"some\"\n"),
+                "scheduler.catch_up",
+            ),
+            (
+                &format!("{base}[scheduler]\nmoid_prefix = \"a b\"\n"),
+                "scheduler.moid_prefix",
+            ),
+            (
+                &format!("{base}[retry]\nretry_after = [\"1d\", \"soon\"]\n"),
+                "retry.retry_after",
+            ),
+            (
+                &format!("{base}[retry]\nfinal_state = \"gone\"\n"),
+                "retry.final_state",
+            ),
+            (&format!("{base}[retry]\nsurprise = 1\n"), "surprise"),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();

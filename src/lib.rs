@@ -7,6 +7,7 @@ pub mod billing;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod domain;
 pub mod gateway;
 pub mod retry;

@@ -63,7 +63,7 @@ impl EngineSettings {
             owner,
             concurrency: 16,
             batch: 16,
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(30),
             policy,
             settle: call_timeout * 2 + Duration::from_secs(60),
             call_timeout,
@@ -135,7 +135,7 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    fn add(&mut self, other: &PassReport) {
+    pub fn merge(&mut self, other: &PassReport) {
         self.claimed += other.claimed;
         self.attempts += other.attempts;
         self.charged += other.charged;
@@ -210,8 +210,20 @@ impl Engine {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    fn stopping(&self) -> bool {
+    pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn stopping(&self) -> bool {
+        self.is_stopping()
+    }
+
+    /// Looks up every attempt a previous run left unresolved, without waiting for its lookup
+    /// time: an approval found settles at once; "not found" still waits until the attempt
+    /// cannot be in flight.
+    pub async fn resolve_left_in_flight(&self) -> Result<PassReport, EngineError> {
+        self.resolve_by(self.clock.now() + chrono_duration(self.settings.settle))
+            .await
     }
 
     /// One full pass over everything due now.
@@ -223,9 +235,9 @@ impl Engine {
         for (id, reason) in &noticed.invalid {
             tracing::error!(subscription = id, %reason, "subscription marked invalid");
         }
-        report.add(&self.resolve_unresolved().await?);
-        report.add(&self.charge_due().await?);
-        report.add(&self.remove_billkeys().await?);
+        report.merge(&self.resolve_unresolved().await?);
+        report.merge(&self.charge_due().await?);
+        report.merge(&self.remove_billkeys().await?);
         Ok(report)
     }
 
@@ -278,7 +290,7 @@ impl Engine {
         while tasks.join_next().await.is_some() {}
         drop(tx);
         let written = writer.await.unwrap_or_default();
-        report.add(&written);
+        report.merge(&written);
         result.map(|()| report)
     }
 
@@ -753,17 +765,28 @@ impl Engine {
     }
 
     async fn resolve_unresolved(&self) -> Result<PassReport, EngineError> {
+        self.resolve_by(self.clock.now()).await
+    }
+
+    async fn resolve_by(&self, horizon: DateTime<Utc>) -> Result<PassReport, EngineError> {
         let mut report = PassReport::default();
         let s = &self.settings;
+        // Each attempt is looked up at most once per call: the cursor only moves forward.
+        let mut after_id = 0;
         loop {
             if self.stopping() {
                 break;
             }
             let now = self.clock.now();
-            let rows = self.store.claim_unresolved(now, s.lease, 256).await?;
-            if rows.is_empty() {
-                break;
-            }
+            // A lookup lease only needs to outlast the lookups themselves; a dead resolver's
+            // lease must not hold an attempt for long.
+            let lookup_lease = s.call_timeout + s.transient.max_elapsed;
+            let rows = self
+                .store
+                .claim_unresolved(after_id, now, horizon.max(now), lookup_lease, 256)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after_id = last.id;
             let mut outcomes = Vec::new();
             for charge in rows {
                 let Some(sub) = self.store.subscription(charge.subscription_id).await? else {
@@ -819,7 +842,7 @@ impl Engine {
                 outcomes.push((outcome, settledness));
             }
             let counted = tally(&outcomes, &self.stats);
-            report.add(&counted);
+            report.merge(&counted);
             report.resolved += outcomes
                 .iter()
                 .filter(|(_, s)| matches!(s, Settledness::Settled(_)))
@@ -1076,7 +1099,7 @@ async fn write_outcomes(
         let counted = tally(&batch, &stats);
         let outcomes: Vec<Outcome> = batch.into_iter().map(|(o, _)| o).collect();
         match store.record_outcomes(clock.now(), outcomes).await {
-            Ok(_) => report.add(&counted),
+            Ok(_) => report.merge(&counted),
             Err(e) => tracing::error!(
                 "could not record {} outcomes ({e}); they stay unresolved and will be looked up",
                 counted.charged

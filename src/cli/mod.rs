@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the operation failed (NICEPAY said no); 2 usage, configuration or
 //! input error (nothing was sent); 3 the outcome is unknown (look the TID up before retrying).
 
+mod daemon_cmds;
 mod demo;
 mod ops;
 
@@ -49,9 +50,22 @@ pub enum Command {
     Refund(ops::RefundArgs),
     /// Look up a transaction by TID.
     Status(ops::StatusArgs),
+    /// Run the billing daemon: charge subscriptions on their schedules.
+    Run(daemon_cmds::RunArgs),
+    /// Apply database migrations.
+    Migrate,
+    /// Show upcoming charge times.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Walk through billkey issue, approval, status, refund and removal against a built-in
     /// simulator. Needs no configuration.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Print the next charge times of a subscription or of a schedule given by flags.
+    Preview(daemon_cmds::PreviewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +89,8 @@ pub enum CliError {
     Gateway { class: Class, line: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Daemon(#[from] crate::daemon::DaemonError),
 }
 
 impl CliError {
@@ -86,6 +102,8 @@ impl CliError {
                 _ => 1,
             },
             CliError::Io(_) => 1,
+            CliError::Daemon(crate::daemon::DaemonError::Unmigrated { .. }) => 2,
+            CliError::Daemon(_) => 1,
         }
     }
 }
@@ -102,6 +120,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Refund(args) => ops::refund(&cli.config, args).await,
         Command::Status(args) => ops::status(&cli.config, args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Run(args) => daemon_cmds::run(&cli.config, args).await,
+        Command::Migrate => daemon_cmds::migrate(&cli.config).await,
+        Command::Schedule(ScheduleCommand::Preview(args)) => {
+            daemon_cmds::preview(&cli.config, args).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

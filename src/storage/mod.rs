@@ -812,21 +812,25 @@ impl Store {
         .await
     }
 
-    /// Unresolved attempts whose lookup is due, oldest first, each leased to the caller by
-    /// moving its `check_after` forward (so two instances do not look up the same one).
+    /// Unresolved attempts with an id above `after_id` whose lookup is due by `horizon`, in id
+    /// order, each leased to the caller by moving its `check_after` to `now + lease` (so two
+    /// instances do not look up the same one).
     pub async fn claim_unresolved(
         &self,
+        after_id: i64,
         now: DateTime<Utc>,
+        horizon: DateTime<Utc>,
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<ChargeRow>, StoreError> {
-        let now_n = naive(now);
+        let now_n = naive(horizon);
         let until = naive(now + chrono::Duration::from_std(lease).unwrap_or_default());
         self.write(move |c| {
             let due: Vec<ChargeRow> = charges::table
                 .filter(charges::state.eq_any(["pending", "unknown"]))
                 .filter(charges::check_after.le(now_n))
-                .order(charges::check_after)
+                .filter(charges::id.gt(after_id))
+                .order(charges::id)
                 .limit(limit)
                 .select(ChargeRow::as_select())
                 .load(c)?;
@@ -842,6 +846,29 @@ impl Store {
                 }
             }
             Ok(mine)
+        })
+        .await
+    }
+
+    /// When the last claim held on a due, active subscription expires (another instance's, or
+    /// a dead one's); `None` when no due subscription is claimed.
+    pub async fn due_claims_expire(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now = naive(now);
+        self.run(move |c| {
+            let t: Option<NaiveDateTime> = subscriptions::table
+                .filter(subscriptions::status.eq("active"))
+                .filter(
+                    subscriptions::next_charge_at
+                        .is_null()
+                        .or(subscriptions::next_charge_at.le(now)),
+                )
+                .filter(subscriptions::claimed_until.gt(now))
+                .select(diesel::dsl::max(subscriptions::claimed_until))
+                .first(c)?;
+            Ok(t.map(|t| t.and_utc()))
         })
         .await
     }
