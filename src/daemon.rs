@@ -120,10 +120,24 @@ pub async fn run(
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tick.notify_one();
-    loop {
+    let mut stopping = false;
+    while !stopping {
         tokio::select! {
             () = tick.notified() => {
-                match engine.pass().await {
+                let pass = engine.pass();
+                tokio::pin!(pass);
+                // A signal during a pass stops claiming; what was sent finishes and is recorded.
+                let result = tokio::select! {
+                    result = &mut pass => result,
+                    () = &mut shutdown => {
+                        stopping = true;
+                        engine.stop();
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                        tracing::info!("shutting down after the attempts in flight");
+                        pass.await
+                    }
+                };
+                match result {
                     Ok(report) => {
                         if report != PassReport::default() {
                             tracing::info!(?report, "pass");
@@ -135,7 +149,7 @@ pub async fn run(
                     Err(e) => tracing::error!("pass failed: {e}"),
                 }
             }
-            () = &mut shutdown => break,
+            () = &mut shutdown => stopping = true,
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

@@ -243,3 +243,77 @@ fn client_at(url: &str) -> nicebill::gateway::nicepay::NicepayClient {
     )
     .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_attempts_in_flight_finish_and_exits_zero() {
+    for db in databases("sigterm").await {
+        let label = db.label;
+        let (_sim, sim_url) = start_sim(&[]);
+        let client = client_at(&sim_url);
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &sim_url, &db.url);
+        let anchor = chrono::Utc::now() - chrono::Duration::hours(1);
+        for i in 0..12 {
+            let bid = issue(&client, "9410123456780000", &format!("term-{label}-{i}")).await;
+            db.store
+                .insert_subscription(monthly(&format!("term-{i}"), &bid, 1_000, anchor))
+                .await
+                .unwrap();
+        }
+        reqwest::Client::new()
+            .post(format!("{sim_url}/_sim/latency"))
+            .body(r#"{"ms": 700}"#)
+            .send()
+            .await
+            .unwrap();
+        let mut run = Killed(
+            bin()
+                .args(["run", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // Wait until the first attempts are in flight.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let pending = db.store.unresolved().await.unwrap();
+            if !pending.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: nothing went in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t0 = std::time::Instant::now();
+        let term = Command::new("kill")
+            .args(["-TERM", &run.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let status = tokio::task::spawn_blocking(move || run.0.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        eprintln!("{label}: exited {:?} after SIGTERM", t0.elapsed());
+        assert_eq!(status.code(), Some(0), "{label}: exit status after SIGTERM");
+        let charges = db.store.charges(None).await.unwrap();
+        assert!(!charges.is_empty(), "{label}");
+        assert!(
+            charges
+                .iter()
+                .all(|c| c.state != "pending" && c.state != "unknown"),
+            "{label}: attempts in flight at SIGTERM were not recorded: {charges:?}"
+        );
+        let ledger = ledger(&sim_url).await;
+        let approved = charges.iter().filter(|c| c.state == "approved").count();
+        assert_eq!(approved, ledger.len(), "{label}");
+        assert!(
+            approved < 12,
+            "{label}: SIGTERM should have stopped the claiming"
+        );
+    }
+}

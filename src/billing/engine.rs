@@ -474,12 +474,17 @@ impl Engine {
             buyer: a.valid.buyer.clone(),
             mall_reserved: None,
         };
-        let result = if self.clock.now() > latest_send {
+        let not_sent = |why: &str| {
             Err(CallError::Transport {
                 api: crate::gateway::nicepay::Api::Approve,
                 failure: crate::gateway::nicepay::Transport::ConnectFailed,
-                detail: "not sent: the attempt waited too long for a free slot".into(),
+                detail: format!("not sent: {why}"),
             })
+        };
+        let result = if self.stopping() {
+            not_sent("shutting down")
+        } else if self.clock.now() > latest_send {
+            not_sent("the attempt waited too long for a free slot")
         } else {
             let client = &self.client;
             let request = &request;

@@ -393,10 +393,12 @@ pub fn advance(
     };
     let later = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
     match settled {
+        // Never two cycles in one go: a cycle that is already due (catch-up "all") waits at
+        // least `resend_after`.
         Settled::Approved => match schedule.next(cycle, due_at) {
             Some((next, at)) => Advance {
                 next_cycle: next,
-                next_charge_at: Some(at),
+                next_charge_at: Some(at.max(later(policy.resend_after))),
                 cycle_attempts: 0,
                 cycle_declines: 0,
                 status: None,
