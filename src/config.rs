@@ -558,6 +558,28 @@ mod tests {
         }
     }
 
+    /// The shipped example is valid and states the defaults.
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config.toml.example").replace(
+            "merchant_key_file = \"/etc/nicebill/merchant.key\"",
+            "merchant_key_env = \"NB_KEY\"",
+        );
+        let c = parse(&text).unwrap();
+        let d = parse("[nicepay]\nmid = \"nictest04m\"\nmerchant_key_env = \"NB_KEY\"\n").unwrap();
+        assert_eq!(c.scheduler.tick, d.scheduler.tick);
+        assert_eq!(c.scheduler.concurrency, d.scheduler.concurrency);
+        assert_eq!(c.scheduler.lease, d.scheduler.lease);
+        assert_eq!(c.policy.retry_after, d.policy.retry_after);
+        assert_eq!(c.policy.resend_after, d.policy.resend_after);
+        assert_eq!(
+            c.scheduler.lookup_max_interval,
+            d.scheduler.lookup_max_interval
+        );
+        assert_eq!(c.nicepay.read_timeout, d.nicepay.read_timeout);
+        assert_eq!(c.database.max_connections, d.database.max_connections);
+    }
+
     #[test]
     fn inline_key_warns() {
         let c = parse(&format!(

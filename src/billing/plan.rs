@@ -432,3 +432,185 @@ pub fn advance(
         Settled::NotCharged => stay(later(policy.resend_after), declines),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
+        chrono_tz::Asia::Seoul
+            .from_local_datetime(&naive)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn row() -> SubscriptionRow {
+        let t = at("2027-01-31 09:00").naive_utc();
+        SubscriptionRow {
+            id: 17,
+            external_id: "ext-17".into(),
+            bid: "BIKYnictest04m2611251200001234".into(),
+            amount: 9_900,
+            goods_name: "월간 구독".into(),
+            buyer_name: None,
+            buyer_email: None,
+            buyer_tel: None,
+            card_quota: "00".into(),
+            card_interest: "0".into(),
+            interval_unit: "month".into(),
+            interval_count: 1,
+            cron: None,
+            timezone: None,
+            anchor_at: t,
+            max_cycles: None,
+            ends_at: None,
+            status: "active".into(),
+            cancel_at_period_end: false,
+            next_cycle: None,
+            next_charge_at: None,
+            cycle_attempts: 0,
+            cycle_declines: 0,
+            paused_since: None,
+            seen_status: Some("active".into()),
+            status_reason: None,
+            claimed_by: None,
+            claimed_until: None,
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    #[test]
+    fn first_charge_and_retries_derive_moids() {
+        let policy = Policy::default();
+        let (d, _) = decide(&row(), at("2027-01-31 10:00"), &policy);
+        match d {
+            Decision::Charge {
+                cycle,
+                attempt,
+                moid,
+                skipped,
+                ..
+            } => {
+                assert_eq!((cycle, attempt, moid.as_str()), (1, 1, "S17-C1-A1"));
+                assert!(skipped.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // A dunning retry of cycle 3, second attempt, with a prefix.
+        let mut r = row();
+        r.next_cycle = Some(3);
+        r.next_charge_at = Some(at("2027-04-01 09:00").naive_utc());
+        r.cycle_attempts = 1;
+        r.cycle_declines = 1;
+        let policy = Policy {
+            moid_prefix: "shop-".into(),
+            ..Policy::default()
+        };
+        let (d, _) = decide(&r, at("2027-04-01 10:00"), &policy);
+        assert!(
+            matches!(d, Decision::Charge { cycle: 3, attempt: 2, ref moid, .. } if moid.as_str() == "shop-S17-C3-A2"),
+            "{d:?}"
+        );
+        // Before the retry time: wait, even though the cycle itself is due.
+        let (d, _) = decide(&r, at("2027-03-31 23:00"), &policy);
+        assert!(matches!(d, Decision::Wait { next_cycle: 3, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn pause_skips_the_cycles_that_came_due() {
+        let mut r = row();
+        r.next_cycle = Some(2);
+        r.next_charge_at = Some(at("2027-02-28 09:00").naive_utc());
+        r.paused_since = Some(at("2027-02-10 00:00").naive_utc());
+        let (d, _) = decide(&r, at("2027-04-15 12:00"), &Policy::default());
+        match d {
+            Decision::Wait {
+                next_cycle,
+                next_charge_at,
+                skipped,
+                reason,
+            } => {
+                assert_eq!(
+                    (next_cycle, next_charge_at, reason),
+                    (4, at("2027-04-30 09:00"), Some("paused"))
+                );
+                assert_eq!(skipped.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2, 3]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dunning_then_final_state() {
+        let r = row();
+        let valid = validate(&r, &Policy::default()).unwrap();
+        let now = at("2027-01-31 10:00");
+        let pos = |declines| Position {
+            cycle: 1,
+            due_at: at("2027-01-31 09:00"),
+            attempts: declines,
+            declines,
+        };
+        let days = |n| now + chrono::Duration::days(n);
+        for (policy_final, want_status) in [
+            (FinalState::PastDue, "past_due"),
+            (FinalState::Cancelled, "cancelled"),
+        ] {
+            let policy = Policy {
+                final_state: policy_final,
+                ..Policy::default()
+            };
+            let waits: Vec<_> = (1..=3)
+                .map(|n| {
+                    advance(&valid.schedule, pos(n), Settled::Declined, now, &policy).next_charge_at
+                })
+                .collect();
+            assert_eq!(waits, vec![Some(days(1)), Some(days(3)), Some(days(5))]);
+            let last = advance(&valid.schedule, pos(4), Settled::Declined, now, &policy);
+            assert_eq!(last.status.map(|s| s.0), Some(want_status));
+        }
+        let policy = Policy::default();
+        let ok = advance(&valid.schedule, pos(2), Settled::Approved, now, &policy);
+        assert_eq!(
+            (ok.next_cycle, ok.next_charge_at, ok.cycle_declines),
+            (2, Some(at("2027-02-28 09:00")), 0)
+        );
+        let gone = advance(
+            &valid.schedule,
+            pos(0),
+            Settled::PermanentCard,
+            now,
+            &policy,
+        );
+        assert_eq!(gone.status.map(|s| s.0), Some("card_invalid"));
+        let bug = advance(&valid.schedule, pos(0), Settled::RequestError, now, &policy);
+        assert_eq!(
+            (bug.next_cycle, bug.next_charge_at, bug.status),
+            (1, Some(now + chrono::Duration::hours(1)), None)
+        );
+        let lost = advance(&valid.schedule, pos(0), Settled::NotCharged, now, &policy);
+        assert_eq!(
+            lost.next_charge_at,
+            Some(now + chrono::Duration::minutes(1))
+        );
+    }
+
+    #[test]
+    fn classes_that_settle() {
+        use Class::*;
+        let settles = [Approved, Declined, PermanentCard, RequestError, NotSent];
+        for c in settles {
+            assert!(Settled::from_class(c).is_some(), "{c:?}");
+        }
+        for c in [Duplicate, Throttled, Unknown] {
+            assert_eq!(
+                Settled::from_class(c),
+                None,
+                "{c:?} must be resolved by lookup"
+            );
+        }
+    }
+}
