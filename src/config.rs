@@ -93,6 +93,22 @@ struct RawRetry {
     throttle_pause: Option<String>,
 }
 
+/// `[health]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    file: Option<PathBuf>,
+    prometheus_file: Option<PathBuf>,
+}
+
+/// `[log]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -103,6 +119,70 @@ struct RawConfig {
     scheduler: RawScheduler,
     #[serde(default)]
     retry: RawRetry,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    log: RawLog,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Default)]
+pub struct HealthConfig {
+    /// The JSON health file, replaced after every pass.
+    pub file: Option<PathBuf>,
+    /// The same figures for node_exporter's textfile collector.
+    pub prometheus_file: Option<PathBuf>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub json: bool,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            json: false,
+            level: "info".into(),
+        }
+    }
+}
+
+impl LogConfig {
+    fn from_raw(raw: &RawLog) -> Result<Self, KeyProblem> {
+        let json = match raw.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err((
+                    "log.format",
+                    format!("{other:?}: expected \"text\" or \"json\""),
+                ));
+            }
+        };
+        let level = raw.level.clone().unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&level)
+            .map_err(|e| ("log.level", format!("{level:?}: {e}")))?;
+        Ok(Self { json, level })
+    }
+
+    /// The `[log]` section of a config file, read before anything else so that logging can
+    /// start; any problem yields the defaults (loading the config proper reports it).
+    pub fn peek(file: &Path) -> LogConfig {
+        #[derive(Deserialize)]
+        struct OnlyLog {
+            #[serde(default)]
+            log: RawLog,
+        }
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| toml::from_str::<OnlyLog>(&t).ok())
+            .and_then(|c| LogConfig::from_raw(&c.log).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// `[database]`.
@@ -136,6 +216,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub scheduler: SchedulerConfig,
     pub policy: Policy,
+    pub health: HealthConfig,
+    pub log: LogConfig,
     /// Things worth telling the operator that do not stop startup (logged once tracing runs).
     pub warnings: Vec<String>,
 }
@@ -254,12 +336,19 @@ impl Config {
         let database = database(&raw.database).map_err(|(k, p)| invalid(k, p))?;
         let (scheduler, policy) =
             scheduling(&raw.scheduler, &raw.retry).map_err(|(k, p)| invalid(k, p))?;
+        let log = LogConfig::from_raw(&raw.log).map_err(|(k, p)| invalid(k, p))?;
+        let health = HealthConfig {
+            file: raw.health.file,
+            prometheus_file: raw.health.prometheus_file,
+        };
         Ok(Config {
             file: file.to_owned(),
             nicepay: settings,
             database,
             scheduler,
             policy,
+            health,
+            log,
             warnings,
         })
     }
@@ -438,17 +527,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A warning when a file that may hold secrets is readable by group or others.
+/// A warning when a file that may hold secrets is readable by others, or by a group other than
+/// the one nicebill runs as (`root:nicebill 0640`, as the systemd unit installs it, is fine).
 pub fn loose_permissions(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode();
+    let by_others = mode & 0o007 != 0;
+    let by_foreign_group = mode & 0o070 != 0 && Some(meta.gid()) != effective_gid();
+    (by_others || by_foreign_group).then(|| {
         format!(
-            "{} is readable by group or others (mode {:o}); chmod 600 it",
+            "{} is readable by {} (mode {:o}); chmod 600 it (or 640 with nicebill's group)",
             path.display(),
+            if by_others { "others" } else { "another group" },
             mode & 0o777
         )
     })
+}
+
+/// This process's effective group id, from /proc (no libc binding needed for one number).
+fn effective_gid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Gid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -550,6 +651,9 @@ mod tests {
                 "retry.final_state",
             ),
             (&format!("{base}[retry]\nsurprise = 1\n"), "surprise"),
+            (&format!("{base}[log]\nformat = \"xml\"\n"), "log.format"),
+            (&format!("{base}[log]\nlevel = \"info,=[\"\n"), "log.level"),
+            (&format!("{base}[health]\nfile = 5\n"), "file"),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -578,6 +682,23 @@ mod tests {
         );
         assert_eq!(c.nicepay.read_timeout, d.nicepay.read_timeout);
         assert_eq!(c.database.max_connections, d.database.max_connections);
+    }
+
+    #[test]
+    fn permission_warnings() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("merchant.key");
+        std::fs::write(&file, KEY).unwrap();
+        // Files created here belong to our own group, so group-readable is fine.
+        for (mode, warns) in [(0o600, false), (0o640, false), (0o644, true), (0o604, true)] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let w = loose_permissions(&file);
+            assert_eq!(w.is_some(), warns, "{mode:o}: {w:?}");
+            if let Some(w) = w {
+                assert!(w.contains("merchant.key"), "{w}");
+            }
+        }
     }
 
     #[test]

@@ -8,10 +8,15 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+
 use crate::billing::engine::{Engine, EngineError, EngineSettings, PassReport};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::gateway::nicepay::NicepayClient;
+use crate::health::{self, Health, Observation};
 use crate::storage::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,10 @@ pub enum DaemonError {
     #[error("{0} attempt(s) are still unresolved; run again later (`nicebill run --once`)")]
     Unresolved(usize),
 }
+
+/// How long startup spends looking up attempts a previous run left in flight before it
+/// reports READY (systemd's TimeoutStartSec is longer).
+const STARTUP_LOOKUPS: Duration = Duration::from_secs(120);
 
 /// Opens the database, migrating it when configured to; refuses to run on an old schema.
 pub async fn open_store(config: &Config) -> Result<Store, DaemonError> {
@@ -113,30 +122,50 @@ pub async fn run(
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
 
     let mut total = PassReport::default();
-    // Attempts a previous run left in flight are looked up before anything else.
-    match engine.resolve_left_in_flight().await {
-        Ok(r) => total.resolved += r.resolved,
-        Err(e) => tracing::error!("resolving attempts left in flight failed: {e}"),
+    let health = HealthWriter::new(&config, &engine);
+    // Attempts a previous run left in flight are looked up before anything else, within a
+    // bound so that READY comes in time; whatever is left is looked up by the passes.
+    match tokio::time::timeout(STARTUP_LOOKUPS, engine.resolve_left_in_flight()).await {
+        Ok(Ok(r)) => total.resolved += r.resolved,
+        Ok(Err(e)) => tracing::error!("resolving attempts left in flight failed: {e}"),
+        Err(_) => tracing::warn!(
+            "attempts left in flight are still being looked up after {} s; the passes finish the job",
+            STARTUP_LOOKUPS.as_secs()
+        ),
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tick.notify_one();
+    // The watchdog is fed from this loop (also while a pass runs), so a stuck loop gets the
+    // service restarted.
+    let watchdog_every = sd_notify::watchdog_enabled()
+        .map(|d| d / 2)
+        .unwrap_or(Duration::from_secs(3600));
+    let mut watchdog = tokio::time::interval(watchdog_every);
     let mut stopping = false;
     while !stopping {
         tokio::select! {
+            _ = watchdog.tick() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
             () = tick.notified() => {
                 let pass = engine.pass();
                 tokio::pin!(pass);
                 // A signal during a pass stops claiming; what was sent finishes and is recorded.
-                let result = tokio::select! {
-                    result = &mut pass => result,
-                    () = &mut shutdown => {
-                        stopping = true;
-                        engine.stop();
-                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-                        tracing::info!("shutting down after the attempts in flight");
-                        pass.await
+                let result = loop {
+                    tokio::select! {
+                        result = &mut pass => break result,
+                        _ = watchdog.tick() => {
+                            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                        }
+                        () = &mut shutdown, if !stopping => {
+                            stopping = true;
+                            engine.stop();
+                            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                            tracing::info!("shutting down after the attempts in flight");
+                        }
                     }
                 };
+                health.write(&engine, result.as_ref().err().map(|e| e.to_string())).await;
                 match result {
                     Ok(report) => {
                         if report != PassReport::default() {
@@ -191,5 +220,98 @@ async fn run_once(engine: &Engine) -> Result<PassReport, DaemonError> {
             .unwrap_or_default()
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Writes the health file (and the Prometheus file) after each pass.
+struct HealthWriter {
+    file: Option<std::path::PathBuf>,
+    prometheus: Option<std::path::PathBuf>,
+    started_at: DateTime<Utc>,
+    stale_after_secs: u64,
+}
+
+impl HealthWriter {
+    fn new(config: &Config, engine: &Engine) -> Self {
+        // Stale after three tick intervals, and never sooner than two minutes: a pass over a
+        // large batch may take a while.
+        let interval = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse(&config.scheduler.tick)
+            .ok()
+            .and_then(|cron| {
+                let first = cron.find_next_occurrence(&Utc::now(), false).ok()?;
+                let second = cron.find_next_occurrence(&first, false).ok()?;
+                (second - first).to_std().ok()
+            })
+            .unwrap_or(Duration::from_secs(10));
+        Self {
+            file: config.health.file.clone(),
+            prometheus: config.health.prometheus_file.clone(),
+            started_at: engine.now(),
+            stale_after_secs: (interval.as_secs() * 3).max(120),
+        }
+    }
+
+    async fn write(&self, engine: &Engine, pass_error: Option<String>) {
+        if self.file.is_none() && self.prometheus.is_none() {
+            return;
+        }
+        let now = engine.now();
+        let stats = engine.stats();
+        let figures = engine.store().health_figures(now).await;
+        let (database_error, (due_backlog, in_flight, oldest)) = match figures {
+            // A pass fails only on the database (`EngineError` has no other kind).
+            Ok(f) => (pass_error, f),
+            Err(e) => (Some(e.to_string()), (0, 0, None)),
+        };
+        let observation = Observation {
+            database_error: database_error.clone(),
+            gateway_failures: stats.gateway_failures_in_a_row.load(Ordering::Relaxed),
+            due_backlog,
+            in_flight,
+            oldest_unresolved_age_secs: oldest.map(|t| (now - t).num_seconds().max(0) as u64),
+        };
+        let (status, reason) = health::assess(&observation);
+        let last_success = stats.gateway_last_success.load(Ordering::Relaxed);
+        let report = Health {
+            status,
+            reason,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            owner: engine.settings().owner.clone(),
+            started_at: self.started_at,
+            last_tick_at: now,
+            stale_after_secs: self.stale_after_secs,
+            database: health::Database {
+                ok: database_error.is_none(),
+                error: database_error,
+            },
+            gateway: health::Gateway {
+                consecutive_failures: observation.gateway_failures,
+                last_success_at: (last_success > 0)
+                    .then(|| DateTime::from_timestamp(last_success, 0))
+                    .flatten(),
+            },
+            due_backlog,
+            in_flight,
+            oldest_unresolved_age_secs: observation.oldest_unresolved_age_secs,
+            counters: health::Counters::from_stats(stats),
+        };
+        let write = |path: &std::path::Path, content: Vec<u8>| {
+            if let Err(e) = health::write_atomic(path, &content) {
+                tracing::warn!("cannot write the health file {e}");
+            }
+        };
+        if let Some(path) = &self.file {
+            match serde_json::to_vec_pretty(&report) {
+                Ok(json) => write(path, json),
+                Err(e) => tracing::warn!("cannot encode health: {e}"),
+            }
+        }
+        if let Some(path) = &self.prometheus {
+            write(path, health::prometheus(&report).into_bytes());
+        }
     }
 }

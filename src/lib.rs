@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod gateway;
+pub mod health;
 pub mod retry;
 pub mod schedule;
 pub mod sim;

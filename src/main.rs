@@ -7,12 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = nicebill::cli::Cli::parse();
-    // Logs go to stderr so that command output on stdout stays clean for scripts.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&nicebill::config::LogConfig::peek(&cli.config));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,4 +19,20 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(nicebill::cli::run(cli))
+}
+
+/// Logs go to stderr (stdout stays clean for command output), as `[log]` says; `RUST_LOG`
+/// overrides the level. Under journald (`JOURNAL_STREAM` set) text lines carry no timestamp
+/// and no colour, since the journal adds its own.
+fn init_logging(log: &nicebill::config::LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match (log.json, journald) {
+        (true, _) => builder.json().init(),
+        (false, true) => builder.without_time().with_ansi(false).init(),
+        (false, false) => builder.init(),
+    }
 }

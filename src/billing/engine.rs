@@ -116,6 +116,8 @@ pub struct Stats {
     pub removed: AtomicU64,
     pub invalid: AtomicU64,
     pub gateway_failures_in_a_row: AtomicU64,
+    /// Unix time of the last NICEPAY answer (0: none yet).
+    pub gateway_last_success: std::sync::atomic::AtomicI64,
 }
 
 /// What one pass did.
@@ -197,6 +199,10 @@ impl Engine {
         &self.stats
     }
 
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -242,6 +248,46 @@ impl Engine {
     }
 
     // ---- charging ----
+
+    /// `nicebill charge-now`: charges the subscription's current cycle now if it is due,
+    /// skipping a dunning wait, under the same rules as a pass (committed before sent, looked
+    /// up when the answer is lost). `row` must be claimed by this engine's owner.
+    pub async fn charge_now(&self, mut row: SubscriptionRow) -> Result<ChargeNow, EngineError> {
+        let now = self.clock.now();
+        // Skip a dunning wait: the cycle's own due time decides.
+        row.next_charge_at = None;
+        let mut report = PassReport::default();
+        let mut in_flight = self.start(vec![row], now, &mut report).await?;
+        let Some(attempt) = in_flight.pop() else {
+            return Ok(ChargeNow::Nothing(report));
+        };
+        let (tid, moid, cycle) = (attempt.tid.clone(), attempt.moid.clone(), attempt.cycle);
+        let (outcome, settledness) = self.send(attempt).await;
+        let state = outcome.result.state.clone();
+        let code = outcome.result.result_code.clone();
+        let msg = outcome
+            .result
+            .result_msg
+            .clone()
+            .or(outcome.result.error.clone());
+        let settled = match settledness {
+            Settledness::Settled(s) => Some(s),
+            Settledness::Unresolved => None,
+        };
+        tally(&[(outcome.clone(), settledness)], &self.stats);
+        self.store
+            .record_outcomes(self.clock.now(), vec![outcome])
+            .await?;
+        Ok(ChargeNow::Attempted {
+            cycle,
+            tid,
+            moid,
+            state,
+            settled,
+            result_code: code,
+            result_msg: msg,
+        })
+    }
 
     async fn charge_due(&self) -> Result<PassReport, EngineError> {
         let s = &self.settings;
@@ -693,6 +739,11 @@ impl Engine {
         .await;
         let now = self.clock.now();
         let lookups = lookups + 1;
+        self.note_gateway(if looked.is_ok() {
+            Class::Approved
+        } else {
+            Class::Unknown
+        });
         let unresolved = |check_after: DateTime<Utc>, why: String| {
             (
                 Outcome {
@@ -985,6 +1036,23 @@ impl Engine {
             tokio::time::sleep_until(until.into()).await;
         }
     }
+}
+
+/// What `charge-now` did.
+#[derive(Debug)]
+pub enum ChargeNow {
+    /// Nothing was due (or the row was invalid, ended, …): the report says which.
+    Nothing(PassReport),
+    Attempted {
+        cycle: u32,
+        tid: Tid,
+        moid: Moid,
+        state: String,
+        /// `None` while the outcome is unknown (the daemon looks it up).
+        settled: Option<Settled>,
+        result_code: Option<String>,
+        result_msg: Option<String>,
+    },
 }
 
 /// Whether an outcome settled the attempt.

@@ -102,8 +102,7 @@ pub fn validate(row: &SubscriptionRow, policy: &Policy) -> Result<Valid, FieldEr
             ),
         ));
     }
-    let amount = Krw::positive(row.amount)
-        .map_err(|e| FieldError::new("amount", format!("{} KRW: {}", row.amount, e.problem)))?;
+    let amount = Krw::positive(row.amount).map_err(|e| FieldError::new("amount", e.problem))?;
     let bid = Bid::new(row.bid.trim()).map_err(|e| FieldError::new("bid", e.problem))?;
     check_goods_name(&row.goods_name).map_err(|e| FieldError::new("goods_name", e.problem))?;
     let buyer = Buyer {

@@ -83,7 +83,7 @@ pub async fn migrate(config: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn parse_interval(text: &str) -> Result<(IntervalUnit, i64), CliError> {
+pub(super) fn parse_interval(text: &str) -> Result<(IntervalUnit, i64), CliError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -105,7 +105,7 @@ fn parse_interval(text: &str) -> Result<(IntervalUnit, i64), CliError> {
     Ok((unit, count))
 }
 
-fn parse_anchor(text: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, CliError> {
+pub(super) fn parse_anchor(text: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, CliError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -174,4 +174,229 @@ pub async fn preview(config_path: &Path, args: PreviewArgs) -> Result<(), CliErr
         );
     }
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// The health file (default: [health] file of the configuration).
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// Seconds after which the file counts as stale (default: what the daemon wrote in it).
+    #[arg(long)]
+    pub max_age: Option<u64>,
+}
+
+/// `nicebill health`: exit 0 ok, 1 degraded, 2 failing, stale or missing; one line.
+pub fn health(config: &Path, args: HealthArgs) -> std::process::ExitCode {
+    let file = match args.file {
+        Some(f) => f,
+        None => match Config::load(config).map(|c| c.health.file) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                println!("FAILING: no --file given and [health] file is not configured");
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                println!("FAILING: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    let (code, line) = crate::health::check(&file, args.max_age, chrono::Utc::now());
+    println!("{line}");
+    std::process::ExitCode::from(code)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// Also call NICEPAY (a status lookup of a TID that does not exist) to check the network
+    /// path, TLS and the merchant key.
+    #[arg(long)]
+    pub gateway: bool,
+}
+
+/// `nicebill check-config`: configuration, key, database connection, migrations, and with
+/// `--gateway` NICEPAY itself. Prints one line per check; fails on any problem.
+pub async fn check_config(config_path: &Path, args: CheckConfigArgs) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    println!(
+        "ok   configuration {} (MID {})",
+        config.file.display(),
+        config.nicepay.mid
+    );
+    for w in &config.warnings {
+        println!("warn {w}");
+    }
+    let mut problems = 0;
+    let url = config.database.url.clone();
+    let max = 1;
+    let store = tokio::task::spawn_blocking(move || crate::storage::Store::open(url, max))
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    match store {
+        Ok(store) => {
+            println!("ok   database {}", store.url());
+            match store.pending_migrations().await {
+                Ok(p) if p.is_empty() => println!("ok   migrations up to date"),
+                Ok(p) if config.database.auto_migrate => {
+                    println!(
+                        "ok   {} migration(s) pending; `run` applies them (auto_migrate)",
+                        p.len()
+                    )
+                }
+                Ok(p) => {
+                    problems += 1;
+                    println!(
+                        "FAIL {} migration(s) pending ({}); run `nicebill migrate`",
+                        p.len(),
+                        p.join(", ")
+                    );
+                }
+                Err(e) => {
+                    problems += 1;
+                    println!("FAIL {e}");
+                }
+            }
+        }
+        Err(e) => {
+            problems += 1;
+            println!("FAIL {e}");
+        }
+    }
+    if args.gateway {
+        let client = crate::gateway::nicepay::NicepayClient::new(
+            config.nicepay.clone(),
+            Arc::new(SystemClock),
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+        let probe = client.new_tid();
+        match client.status(&probe).await {
+            Ok(reply) if reply.class == crate::gateway::nicepay::Class::Approved => println!(
+                "ok   NICEPAY {} answered a status lookup ({} {})",
+                config.nicepay.base_url.as_str(),
+                reply.result_code,
+                reply.result_msg
+            ),
+            Ok(reply) => {
+                problems += 1;
+                println!(
+                    "FAIL NICEPAY answered {} {} [{}]: {}",
+                    reply.result_code,
+                    reply.result_msg,
+                    reply.class,
+                    reply.class.advice()
+                );
+            }
+            Err(e) => {
+                problems += 1;
+                println!("FAIL NICEPAY: {e}");
+            }
+        }
+    }
+    if problems > 0 {
+        return Err(CliError::Usage(format!("{problems} problem(s) found")));
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChargeNowArgs {
+    /// Subscription id or external id.
+    pub subscription: String,
+}
+
+/// `nicebill charge-now`: the current due cycle, now, exactly once.
+pub async fn charge_now(config_path: &Path, args: ChargeNowArgs) -> Result<(), CliError> {
+    use crate::billing::engine::ChargeNow;
+    use crate::billing::plan::Settled;
+    let config = load(config_path)?;
+    let engine = daemon::engine(&config, Arc::new(SystemClock)).await?;
+    let store = engine.store().clone();
+    let fail = |e: crate::storage::StoreError| CliError::Daemon(e.into());
+    let row = store
+        .find_subscription(&args.subscription)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| CliError::Usage(format!("no subscription {:?}", args.subscription)))?;
+    let id = row.id;
+    if row.status != "active" {
+        return Err(CliError::Usage(format!(
+            "subscription {id} ({}) is {}; only active subscriptions are charged",
+            row.external_id, row.status
+        )));
+    }
+    let settings = engine.settings();
+    let Some(claimed) = store
+        .claim_one(id, &settings.owner, engine.now(), settings.lease)
+        .await
+        .map_err(fail)?
+    else {
+        return Err(CliError::Gateway {
+            class: crate::gateway::nicepay::Class::Unknown,
+            line: format!(
+                "subscription {id} is being charged right now or has an attempt whose outcome is not known yet; see `nicebill charges list --subscription {id}`"
+            ),
+        });
+    };
+    match engine
+        .charge_now(claimed)
+        .await
+        .map_err(daemon::DaemonError::from)?
+    {
+        ChargeNow::Nothing(_) => {
+            let row = store.subscription(id).await.map_err(fail)?;
+            let tz = config.policy.timezone;
+            match row {
+                Some(r) if r.status == "active" => println!(
+                    "nothing due now for subscription {id}: cycle {} is due {}",
+                    r.next_cycle.unwrap_or(1),
+                    r.next_charge_at
+                        .map(|t| t
+                            .and_utc()
+                            .with_timezone(&tz)
+                            .format("%Y-%m-%d %H:%M:%S %Z")
+                            .to_string())
+                        .unwrap_or_else(|| "-".into())
+                ),
+                Some(r) => println!(
+                    "nothing charged: subscription {id} is now {} ({})",
+                    r.status,
+                    r.status_reason.unwrap_or_default()
+                ),
+                None => println!("nothing charged"),
+            }
+            Ok(())
+        }
+        ChargeNow::Attempted {
+            cycle,
+            tid,
+            moid,
+            state,
+            settled,
+            result_code,
+            result_msg,
+        } => {
+            let line = format!(
+                "subscription {id} cycle {cycle}: {state} Moid={moid} TID={tid} ResultCode={} ResultMsg={:?}",
+                result_code.as_deref().unwrap_or("-"),
+                result_msg.as_deref().unwrap_or("")
+            );
+            match settled {
+                Some(Settled::Approved) => {
+                    println!("{line}");
+                    Ok(())
+                }
+                Some(_) => Err(CliError::Gateway {
+                    class: crate::gateway::nicepay::Class::Declined,
+                    line,
+                }),
+                None => Err(CliError::Gateway {
+                    class: crate::gateway::nicepay::Class::Unknown,
+                    line: format!(
+                        "{line}; the outcome is unknown: the daemon looks it up before anything else"
+                    ),
+                }),
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! `nicebill demo`: the protocol walk-through a new user runs first. Starts the simulator
-//! in-process on a loopback port and drives the real client through every API.
+//! `nicebill demo`: what a new user runs first. A temporary SQLite database, the built-in
+//! simulator, a handful of subscriptions and the billing engine on a fast clock through several
+//! months, then a summary. `--protocol` instead walks the client through every NICEPAY API.
 
 use std::sync::Arc;
 
@@ -15,6 +16,12 @@ use crate::sim::{SimConfig, SimHandle};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
+    /// Walk through the five NICEPAY APIs instead of simulating months of billing.
+    #[arg(long)]
+    pub protocol: bool,
+    /// Months of billing to simulate.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=36))]
+    pub months: u32,
     /// Response charset to ask for: euc-kr or utf-8.
     #[arg(long, default_value = "euc-kr", value_parser = |s: &str| Charset::parse(s).ok_or("expected euc-kr or utf-8"))]
     pub charset: Charset,
@@ -32,6 +39,9 @@ fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
+    if !args.protocol {
+        return super::demo_billing::run(args.months, args.charset, args.edi_type).await;
+    }
     let sim = SimHandle::start(SimConfig::new(([127, 0, 0, 1], 0).into())).await?;
     let result = walk(&sim, args).await;
     sim.shutdown().await;

@@ -3,8 +3,10 @@
 //! Exit codes: 0 success; 1 the operation failed (NICEPAY said no); 2 usage, configuration or
 //! input error (nothing was sent); 3 the outcome is unknown (look the TID up before retrying).
 
+mod admin;
 mod daemon_cmds;
 mod demo;
+mod demo_billing;
 mod ops;
 
 use std::path::PathBuf;
@@ -54,9 +56,24 @@ pub enum Command {
     Run(daemon_cmds::RunArgs),
     /// Apply database migrations.
     Migrate,
+    /// Charge a subscription's current due cycle now (skipping a dunning wait), exactly once.
+    ChargeNow(daemon_cmds::ChargeNowArgs),
+    /// Validate configuration, key, database and migrations (and NICEPAY with --gateway).
+    CheckConfig(daemon_cmds::CheckConfigArgs),
+    /// Read the health file: exit 0 ok, 1 degraded, 2 failing, stale or missing.
+    Health(daemon_cmds::HealthArgs),
     /// Show upcoming charge times.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Add, list, show, pause, resume or cancel subscriptions.
+    #[command(subcommand)]
+    Subscription(admin::SubscriptionCommand),
+    /// List charge attempts.
+    #[command(subcommand)]
+    Charges(admin::ChargesCommand),
+    /// List the event log.
+    #[command(subcommand)]
+    Events(admin::EventsCommand),
     /// Walk through billkey issue, approval, status, refund and removal against a built-in
     /// simulator. Needs no configuration.
     Demo(demo::DemoArgs),
@@ -121,7 +138,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => ops::status(&cli.config, args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Run(args) => daemon_cmds::run(&cli.config, args).await,
+        Command::Subscription(cmd) => admin::subscription(&cli.config, cmd).await,
+        Command::Charges(cmd) => admin::charges(&cli.config, cmd).await,
+        Command::Events(cmd) => admin::events(&cli.config, cmd).await,
         Command::Migrate => daemon_cmds::migrate(&cli.config).await,
+        Command::ChargeNow(args) => daemon_cmds::charge_now(&cli.config, args).await,
+        Command::CheckConfig(args) => daemon_cmds::check_config(&cli.config, args).await,
+        Command::Health(args) => return daemon_cmds::health(&cli.config, args),
         Command::Schedule(ScheduleCommand::Preview(args)) => {
             daemon_cmds::preview(&cli.config, args).await
         }

@@ -6,6 +6,7 @@
 //! `FOR UPDATE SKIP LOCKED` on PostgreSQL), an attempt is committed before it is sent, and an
 //! outcome is recorded only while its charge is still unresolved.
 
+mod admin;
 pub mod models;
 pub mod schema;
 
@@ -302,6 +303,11 @@ const KNOWN_STATUSES: &str =
 impl Store {
     /// Opens a pool; connects once so that a wrong URL fails here, clearly.
     pub fn open(url: DbUrl, max_connections: u32) -> Result<Store, StoreError> {
+        // Switch a new SQLite file to WAL once, before the pool opens connections side by
+        // side (each would otherwise race to change the journal mode).
+        if let DbUrl::Sqlite(_) = url {
+            Manager { url: url.clone() }.connect()?;
+        }
         let pool = Pool::builder()
             .max_size(max_connections.max(1))
             .connection_timeout(Duration::from_secs(15))
@@ -403,6 +409,75 @@ impl Store {
 
     pub async fn subscription(&self, id: i64) -> Result<Option<SubscriptionRow>, StoreError> {
         self.run(move |c| {
+            Ok(subscriptions::table
+                .find(id)
+                .select(SubscriptionRow::as_select())
+                .first(c)
+                .optional()?)
+        })
+        .await
+    }
+
+    /// A subscription by id (digits) or by external id.
+    pub async fn find_subscription(
+        &self,
+        key: &str,
+    ) -> Result<Option<SubscriptionRow>, StoreError> {
+        let key = key.trim().to_owned();
+        self.run(move |c| {
+            let by_external = subscriptions::table
+                .filter(subscriptions::external_id.eq(&key))
+                .select(SubscriptionRow::as_select())
+                .first(c)
+                .optional()?;
+            if by_external.is_some() {
+                return Ok(by_external);
+            }
+            match key.parse::<i64>() {
+                Ok(id) => Ok(subscriptions::table
+                    .find(id)
+                    .select(SubscriptionRow::as_select())
+                    .first(c)
+                    .optional()?),
+                Err(_) => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Claims one subscription for `owner` if it is active, unclaimed (or its claim expired) and
+    /// has no unresolved attempt. Returns the row when claimed.
+    pub async fn claim_one(
+        &self,
+        id: i64,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<SubscriptionRow>, StoreError> {
+        let owner = owner.to_owned();
+        let now_n = naive(now);
+        let until = naive(now + chrono::Duration::from_std(lease).unwrap_or_default());
+        self.write(move |c| {
+            let n = diesel::update(subscriptions::table.find(id))
+                .filter(subscriptions::status.eq("active"))
+                .filter(
+                    subscriptions::claimed_until
+                        .is_null()
+                        .or(subscriptions::claimed_until.lt(now_n)),
+                )
+                .filter(diesel::dsl::not(diesel::dsl::exists(
+                    charges::table
+                        .filter(charges::subscription_id.eq(id))
+                        .filter(charges::state.eq_any(["pending", "unknown"])),
+                )))
+                .set((
+                    subscriptions::claimed_by.eq(Some(&owner)),
+                    subscriptions::claimed_until.eq(Some(until)),
+                ))
+                .execute(c)?;
+            if n == 0 {
+                return Ok(None);
+            }
             Ok(subscriptions::table
                 .find(id)
                 .select(SubscriptionRow::as_select())
@@ -869,6 +944,40 @@ impl Store {
                 .select(diesel::dsl::max(subscriptions::claimed_until))
                 .first(c)?;
             Ok(t.map(|t| t.and_utc()))
+        })
+        .await
+    }
+
+    /// Figures for the health file: active subscriptions due at `now`, unresolved attempts,
+    /// and when the oldest unresolved attempt was committed.
+    pub async fn health_figures(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(u64, u64, Option<DateTime<Utc>>), StoreError> {
+        let now = naive(now);
+        self.run(move |c| {
+            let due: i64 = subscriptions::table
+                .filter(subscriptions::status.eq("active"))
+                .filter(
+                    subscriptions::next_charge_at
+                        .is_null()
+                        .or(subscriptions::next_charge_at.le(now)),
+                )
+                .count()
+                .get_result(c)?;
+            let unresolved: i64 = charges::table
+                .filter(charges::state.eq_any(["pending", "unknown"]))
+                .count()
+                .get_result(c)?;
+            let oldest: Option<NaiveDateTime> = charges::table
+                .filter(charges::state.eq_any(["pending", "unknown"]))
+                .select(diesel::dsl::min(charges::created_at))
+                .first(c)?;
+            Ok((
+                due.max(0) as u64,
+                unresolved.max(0) as u64,
+                oldest.map(|t| t.and_utc()),
+            ))
         })
         .await
     }

@@ -1,0 +1,395 @@
+//! The health file monitors read: JSON replaced atomically (write, fsync, rename) after every
+//! pass, optionally the same figures in Prometheus text format, and the `nicebill health`
+//! check that turns the file into an exit code.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::billing::engine::Stats;
+
+/// How healthy the daemon says it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Degraded,
+    Failing,
+}
+
+impl Status {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::Degraded => 1,
+            Status::Failing => 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub charged: u64,
+    pub declined: u64,
+    pub failed: u64,
+    pub not_charged: u64,
+    pub removed: u64,
+    pub invalid: u64,
+}
+
+impl Counters {
+    pub fn from_stats(s: &Stats) -> Self {
+        Self {
+            charged: s.charged.load(Ordering::Relaxed),
+            declined: s.declined.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            not_charged: s.not_charged.load(Ordering::Relaxed),
+            removed: s.removed.load(Ordering::Relaxed),
+            invalid: s.invalid.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Database {
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gateway {
+    pub consecutive_failures: u64,
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+/// The health file's content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: Status,
+    pub reason: String,
+    pub version: String,
+    pub pid: u32,
+    pub owner: String,
+    pub started_at: DateTime<Utc>,
+    pub last_tick_at: DateTime<Utc>,
+    /// A reader should treat the file as stale when `last_tick_at` is older than this.
+    pub stale_after_secs: u64,
+    pub database: Database,
+    pub gateway: Gateway,
+    /// Active subscriptions due now and not yet charged (after this pass).
+    pub due_backlog: u64,
+    /// Attempts whose outcome is not settled yet (`pending` or `unknown`).
+    pub in_flight: u64,
+    pub oldest_unresolved_age_secs: Option<u64>,
+    pub counters: Counters,
+}
+
+/// Thresholds that turn figures into a status.
+pub const GATEWAY_DEGRADED_AFTER: u64 = 3;
+pub const UNRESOLVED_DEGRADED_AFTER_SECS: u64 = 15 * 60;
+
+/// What the daemon measured at the end of a pass.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub database_error: Option<String>,
+    pub gateway_failures: u64,
+    pub due_backlog: u64,
+    pub in_flight: u64,
+    pub oldest_unresolved_age_secs: Option<u64>,
+}
+
+/// Decides the status: the database down is failing; the gateway failing repeatedly or an
+/// attempt unresolved for long is degraded.
+pub fn assess(o: &Observation) -> (Status, String) {
+    if let Some(e) = &o.database_error {
+        return (Status::Failing, format!("database: {e}"));
+    }
+    if o.gateway_failures >= GATEWAY_DEGRADED_AFTER {
+        return (
+            Status::Degraded,
+            format!("{} NICEPAY calls in a row failed", o.gateway_failures),
+        );
+    }
+    if let Some(age) = o.oldest_unresolved_age_secs
+        && age >= UNRESOLVED_DEGRADED_AFTER_SECS
+    {
+        return (
+            Status::Degraded,
+            format!("an attempt has been unresolved for {age} s"),
+        );
+    }
+    (Status::Ok, "ok".into())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct WriteError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// Replaces `path` with `content` atomically: readers see the old file or the new one.
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
+    let fail = |source| WriteError {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    f.write_all(content).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// The same figures in Prometheus text format, for node_exporter's textfile collector.
+pub fn prometheus(h: &Health) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP nicebill_{name} {help}\n# TYPE nicebill_{name} {kind}\nnicebill_{name} {value}\n"
+        ));
+    };
+    let status = match h.status {
+        Status::Ok => 0,
+        Status::Degraded => 1,
+        Status::Failing => 2,
+    };
+    metric(
+        "status",
+        "0 ok, 1 degraded, 2 failing.",
+        "gauge",
+        status.to_string(),
+    );
+    metric(
+        "last_tick_timestamp_seconds",
+        "End of the last pass.",
+        "gauge",
+        h.last_tick_at.timestamp().to_string(),
+    );
+    metric(
+        "started_timestamp_seconds",
+        "Process start.",
+        "gauge",
+        h.started_at.timestamp().to_string(),
+    );
+    metric(
+        "database_up",
+        "1 when the last pass reached the database.",
+        "gauge",
+        u8::from(h.database.ok).to_string(),
+    );
+    metric(
+        "gateway_consecutive_failures",
+        "NICEPAY calls in a row without an answer.",
+        "gauge",
+        h.gateway.consecutive_failures.to_string(),
+    );
+    metric(
+        "due_backlog",
+        "Active subscriptions due and not yet charged.",
+        "gauge",
+        h.due_backlog.to_string(),
+    );
+    metric(
+        "in_flight_attempts",
+        "Attempts not yet settled.",
+        "gauge",
+        h.in_flight.to_string(),
+    );
+    metric(
+        "oldest_unresolved_age_seconds",
+        "Age of the oldest unsettled attempt (0 when none).",
+        "gauge",
+        h.oldest_unresolved_age_secs.unwrap_or(0).to_string(),
+    );
+    let c = &h.counters;
+    for (name, value) in [
+        ("charged", c.charged),
+        ("declined", c.declined),
+        ("failed", c.failed),
+        ("not_charged", c.not_charged),
+        ("removed", c.removed),
+        ("invalid", c.invalid),
+    ] {
+        metric(
+            &format!("{name}_total"),
+            &format!("Attempts {name} (billkeys removed, rows invalid) since start."),
+            "counter",
+            value.to_string(),
+        );
+    }
+    out
+}
+
+/// `nicebill health`: reads the file and returns (exit code, one line).
+pub fn check(path: &Path, max_age: Option<u64>, now: DateTime<Utc>) -> (u8, String) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return (2, format!("FAILING: cannot read {}: {e}", path.display())),
+    };
+    let h: Health = match serde_json::from_str(&text) {
+        Ok(h) => h,
+        Err(e) => {
+            return (
+                2,
+                format!(
+                    "FAILING: {} is not a nicebill health file: {e}",
+                    path.display()
+                ),
+            );
+        }
+    };
+    let age = (now - h.last_tick_at).num_seconds().max(0) as u64;
+    let max_age = max_age.unwrap_or(h.stale_after_secs);
+    if age > max_age {
+        return (
+            2,
+            format!(
+                "FAILING: stale: last pass {age} s ago (more than {max_age} s); is nicebill running? (pid {})",
+                h.pid
+            ),
+        );
+    }
+    let label = match h.status {
+        Status::Ok => "OK",
+        Status::Degraded => "DEGRADED",
+        Status::Failing => "FAILING",
+    };
+    (
+        h.status.exit_code(),
+        format!(
+            "{label}: {} (last pass {age} s ago, backlog {}, in flight {}, charged {}, declined {}, failed {})",
+            h.reason,
+            h.due_backlog,
+            h.in_flight,
+            h.counters.charged,
+            h.counters.declined,
+            h.counters.failed
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(status: Status, last_tick_at: DateTime<Utc>) -> Health {
+        Health {
+            status,
+            reason: "why".into(),
+            version: "0".into(),
+            pid: 1,
+            owner: "o".into(),
+            started_at: last_tick_at,
+            last_tick_at,
+            stale_after_secs: 60,
+            database: Database {
+                ok: true,
+                error: None,
+            },
+            gateway: Gateway {
+                consecutive_failures: 0,
+                last_success_at: None,
+            },
+            due_backlog: 0,
+            in_flight: 0,
+            oldest_unresolved_age_secs: None,
+            counters: Counters::default(),
+        }
+    }
+
+    #[test]
+    fn assess_rules() {
+        let base = Observation {
+            database_error: None,
+            gateway_failures: 0,
+            due_backlog: 0,
+            in_flight: 0,
+            oldest_unresolved_age_secs: None,
+        };
+        let cases = [
+            (base.clone(), Status::Ok),
+            (
+                Observation {
+                    gateway_failures: 2,
+                    ..base.clone()
+                },
+                Status::Ok,
+            ),
+            (
+                Observation {
+                    gateway_failures: 3,
+                    ..base.clone()
+                },
+                Status::Degraded,
+            ),
+            (
+                Observation {
+                    oldest_unresolved_age_secs: Some(901),
+                    ..base.clone()
+                },
+                Status::Degraded,
+            ),
+            (
+                Observation {
+                    database_error: Some("down".into()),
+                    gateway_failures: 9,
+                    ..base.clone()
+                },
+                Status::Failing,
+            ),
+        ];
+        for (o, want) in cases {
+            assert_eq!(assess(&o).0, want, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn check_reads_status_and_staleness() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("health.json");
+        let now = Utc::now();
+        assert_eq!(check(&path, None, now).0, 2, "missing");
+        for (status, code) in [(Status::Ok, 0), (Status::Degraded, 1), (Status::Failing, 2)] {
+            write_atomic(
+                &path,
+                serde_json::to_string(&health(status, now))
+                    .unwrap()
+                    .as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(check(&path, None, now).0, code);
+        }
+        write_atomic(
+            &path,
+            serde_json::to_string(&health(Status::Ok, now - chrono::Duration::seconds(61)))
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        let (code, line) = check(&path, None, now);
+        assert_eq!(code, 2);
+        assert!(line.contains("stale"), "{line}");
+        assert_eq!(check(&path, Some(120), now).0, 0);
+        std::fs::write(&path, "{").unwrap();
+        assert_eq!(check(&path, None, now).0, 2);
+        let text = prometheus(&health(Status::Degraded, now));
+        assert!(
+            text.contains("nicebill_status 1\n")
+                && text.contains("# TYPE nicebill_charged_total counter"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Operating the real binary: health file and `nicebill health`, Prometheus file, JSON logs with
+//! one line per charge attempt, `check-config`, `charge-now` (twice charges once), the demo.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use nicebill::gateway::nicepay::{Charset, EdiType};
+use support::*;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nicebill"));
+    cmd.env_remove("RUST_LOG")
+        .env_remove("NICEBILL_CONFIG")
+        .env_remove("JOURNAL_STREAM");
+    cmd
+}
+
+fn start_sim() -> (Killed, String) {
+    let mut child = bin()
+        .args(["sim", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (Killed(child), url)
+}
+
+fn write_config(dir: &Path, base_url: &str, db_url: &str, key: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let key_file = dir.join("merchant.key");
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.join("nicebill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[nicepay]
+mid = "nictest04m"
+merchant_key_file = "{key}"
+base_url = "{base_url}"
+connect_timeout = "1s"
+read_timeout = "1s"
+
+[database]
+url = "{db_url}"
+
+[scheduler]
+tick = "* * * * * *"
+settle_margin = "1s"
+
+[retry]
+transient_max_elapsed = "1s"
+
+[health]
+file = "{dir}/health.json"
+prometheus_file = "{dir}/nicebill.prom"
+
+[log]
+format = "json"
+level = "info"
+"#,
+            key = key_file.display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    config
+}
+
+fn run(config: &Path, args: &[&str]) -> Output {
+    bin()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_logs_check_config_and_charge_now() {
+    for db in databases("operating").await {
+        let label = db.label;
+        let (_sim, sim_url) = start_sim();
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &sim_url, &db.url, KEY);
+        let health = dir.path().join("health.json");
+
+        // check-config, with and without the gateway.
+        let out = run(&config, &["check-config", "--gateway"]);
+        assert!(out.status.success(), "{label}: {}", text(&out));
+        assert!(
+            text(&out).contains("ok   NICEPAY"),
+            "{label}: {}",
+            text(&out)
+        );
+
+        // A subscription due now; the daemon charges it, logs one JSON line for the attempt
+        // and writes the health file.
+        let client = nicebill::gateway::nicepay::NicepayClient::new(
+            settings(&sim_url, Charset::EucKr, EdiType::Json),
+            std::sync::Arc::new(nicebill::clock::SystemClock),
+        )
+        .unwrap();
+        let bid = issue(&client, "9410123456780000", &format!("op-{label}")).await;
+        let anchor = chrono::Utc::now() - chrono::Duration::minutes(1);
+        let id = db
+            .store
+            .insert_subscription(monthly("op-1", &bid, 9_900, anchor))
+            .await
+            .unwrap();
+        let log_path = dir.path().join("daemon.log");
+        let daemon = Killed(
+            bin()
+                .args(["run", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log_path).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("the health file", || health.exists()).await;
+        let out = run(&config, &["health"]);
+        assert_eq!(out.status.code(), Some(0), "{label}: {}", text(&out));
+        assert!(text(&out).starts_with("OK"), "{label}: {}", text(&out));
+        wait_for("the charge", || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("charge attempt")
+        })
+        .await;
+        let prom = std::fs::read_to_string(dir.path().join("nicebill.prom")).unwrap();
+        assert!(prom.contains("nicebill_status 0"), "{label}: {prom}");
+        drop(daemon);
+
+        let logs = std::fs::read_to_string(&log_path).unwrap();
+        let attempt: serde_json::Value = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "charge attempt")
+            .unwrap_or_else(|| panic!("{label}: no JSON charge attempt line in\n{logs}"));
+        let f = &attempt["fields"];
+        for key in [
+            "subscription",
+            "external_id",
+            "cycle",
+            "attempt",
+            "moid",
+            "tid",
+            "amount",
+            "result_code",
+            "class",
+            "duration_ms",
+        ] {
+            assert!(
+                !f[key].is_null(),
+                "{label}: charge attempt line lacks {key}: {attempt}"
+            );
+        }
+        assert_eq!(f["external_id"], "op-1");
+        assert_eq!(f["result_code"], "3001");
+        for secret in [KEY, &KEY[..16], "9410123456780000"] {
+            assert!(!logs.contains(secret), "{label}: a secret reached the log");
+        }
+
+        // Stale: the daemon is gone.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let out = run(&config, &["health", "--max-age", "1"]);
+        assert_eq!(out.status.code(), Some(2), "{label}: {}", text(&out));
+        assert!(text(&out).contains("stale"), "{label}: {}", text(&out));
+
+        // charge-now: the next cycle is not due, nothing is charged; twice, still nothing.
+        for _ in 0..2 {
+            let out = run(&config, &["charge-now", "op-1"]);
+            assert_eq!(out.status.code(), Some(0), "{label}: {}", text(&out));
+            assert!(
+                text(&out).contains("nothing due now"),
+                "{label}: {}",
+                text(&out)
+            );
+        }
+        // A declining card in dunning: charge-now retries at once instead of waiting a day.
+        let declining = issue(&client, "4000000000000005", &format!("op-dun-{label}")).await;
+        let dun = db
+            .store
+            .insert_subscription(monthly("op-dunning", &declining, 5_000, anchor))
+            .await
+            .unwrap();
+        let out = run(&config, &["run", "--once"]);
+        assert!(out.status.success(), "{label}: {}", text(&out));
+        let states: Vec<String> = db
+            .store
+            .charges(Some(dun))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.state)
+            .collect();
+        assert_eq!(states, vec!["declined"], "{label}");
+        let out = run(&config, &["charge-now", &dun.to_string()]);
+        assert_eq!(out.status.code(), Some(0), "{label}: {}", text(&out));
+        assert!(text(&out).contains("approved"), "{label}: {}", text(&out));
+        let out = run(&config, &["charge-now", &dun.to_string()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{label}: second charge-now: {}",
+            text(&out)
+        );
+        let approved = db
+            .store
+            .charges(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.state == "approved")
+            .count();
+        assert_eq!(approved, 2, "{label}: op-1 once, op-dunning once");
+        let _ = id;
+
+        // The gateway down: charges fail to connect, health says degraded (exit 1).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let down_dir = tempfile::tempdir().unwrap();
+        let down = write_config(
+            down_dir.path(),
+            &format!("http://127.0.0.1:{closed}"),
+            &db.url,
+            KEY,
+        );
+        let third = issue(&client, "9410123456780000", &format!("op-down-{label}")).await;
+        for i in 0..4 {
+            db.store
+                .insert_subscription(monthly(&format!("op-down-{i}"), &third, 1_000, anchor))
+                .await
+                .unwrap();
+        }
+        let down_health = down_dir.path().join("health.json");
+        let daemon = Killed(
+            bin()
+                .args(["run", "--config"])
+                .arg(&down)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("a degraded health file", || {
+            std::fs::read_to_string(&down_health)
+                .unwrap_or_default()
+                .contains("\"degraded\"")
+        })
+        .await;
+        let out = run(&down, &["health"]);
+        assert_eq!(out.status.code(), Some(1), "{label}: {}", text(&out));
+        drop(daemon);
+        let out = run(&down, &["check-config", "--gateway"]);
+        assert_eq!(out.status.code(), Some(2), "{label}: {}", text(&out));
+        assert!(
+            text(&out).contains("FAIL NICEPAY"),
+            "{label}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn the_demo_runs_and_its_ledger_agrees() {
+    let out = bin().args(["demo", "--months", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("they agree"), "{stdout}");
+    for name in [
+        "demo-month-end",
+        "demo-recovers",
+        "demo-lost-card",
+        "demo-cancelled",
+        "removed (F101)",
+        "card_invalid",
+    ] {
+        assert!(stdout.contains(name), "demo output lacks {name}:\n{stdout}");
+    }
+    assert!(stdout.contains("Jan 31, Feb 28, Mar 31"), "{stdout}");
+    let out = bin().args(["demo", "--protocol"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("refund (signature verified)"));
+}
