@@ -116,6 +116,10 @@ pub struct Stats {
     pub removed: AtomicU64,
     pub invalid: AtomicU64,
     pub gateway_failures_in_a_row: AtomicU64,
+    /// Claims of due subscriptions: how many, and their total and longest duration (ns).
+    pub claims: AtomicU64,
+    pub claim_nanos_total: AtomicU64,
+    pub claim_nanos_max: AtomicU64,
     /// Unix time of the last NICEPAY answer (0: none yet).
     pub gateway_last_success: std::sync::atomic::AtomicI64,
 }
@@ -289,25 +293,38 @@ impl Engine {
         })
     }
 
+    /// Claims, commits and sends everything due, as a pipeline: a claimer commits attempts
+    /// into a queue of about two rounds ahead, a sender keeps `concurrency` requests in flight,
+    /// and a writer group-commits outcomes. The database work thus overlaps the network wait.
     async fn charge_due(&self) -> Result<PassReport, EngineError> {
         let s = &self.settings;
-        let mut report = PassReport::default();
-        let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
-        let (tx, rx) = mpsc::channel::<(Outcome, Settledness)>(s.concurrency.max(1) * 4);
+        let concurrency = s.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let (out_tx, out_rx) = mpsc::channel::<(Outcome, Settledness)>(concurrency * 4);
         let writer = tokio::spawn(write_outcomes(
             self.store.clone(),
             self.clock.clone(),
             Arc::clone(&self.stats),
-            rx,
+            out_rx,
         ));
-        let mut tasks = JoinSet::new();
-        let result: Result<(), EngineError> = async {
+        let (queue_tx, mut queue_rx) = mpsc::channel::<InFlight>(concurrency * 2);
+        let claimer = async move {
+            let mut report = PassReport::default();
             while !self.stopping() {
                 let now = self.clock.now();
+                let timer = Instant::now();
                 let rows = self
                     .store
                     .claim_due(&s.owner, now, s.lease, s.batch)
                     .await?;
+                let nanos = timer.elapsed().as_nanos() as u64;
+                self.stats.claims.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .claim_nanos_total
+                    .fetch_add(nanos, Ordering::Relaxed);
+                self.stats
+                    .claim_nanos_max
+                    .fetch_max(nanos, Ordering::Relaxed);
                 if rows.is_empty() {
                     break;
                 }
@@ -315,29 +332,39 @@ impl Engine {
                 let in_flight = self.start(rows, now, &mut report).await?;
                 report.attempts += in_flight.len();
                 for attempt in in_flight {
-                    let permit = Arc::clone(&permits)
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed");
-                    let engine = self.clone();
-                    let tx = tx.clone();
-                    tasks.spawn(async move {
-                        let outcome = engine.send(attempt).await;
-                        drop(permit);
-                        // The writer only stops when every sender is gone.
-                        let _ = tx.send(outcome).await;
-                    });
+                    // The sender stops only when this queue closes.
+                    if queue_tx.send(attempt).await.is_err() {
+                        break;
+                    }
                 }
+            }
+            Ok::<PassReport, EngineError>(report)
+        };
+        let sender = async {
+            let mut tasks = JoinSet::new();
+            while let Some(attempt) = queue_rx.recv().await {
+                let permit = Arc::clone(&permits)
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let engine = self.clone();
+                let tx = out_tx.clone();
+                tasks.spawn(async move {
+                    let outcome = engine.send(attempt).await;
+                    drop(permit);
+                    // The writer only stops when every sender is gone.
+                    let _ = tx.send(outcome).await;
+                });
                 while tasks.try_join_next().is_some() {}
             }
-            Ok(())
-        }
-        .await;
-        while tasks.join_next().await.is_some() {}
-        drop(tx);
+            while tasks.join_next().await.is_some() {}
+        };
+        let (claimed, ()) = tokio::join!(claimer, sender);
+        drop(out_tx);
         let written = writer.await.unwrap_or_default();
+        let mut report = claimed?;
         report.merge(&written);
-        result.map(|()| report)
+        Ok(report)
     }
 
     /// Plans claimed rows; commits the attempts (and the non-charging decisions).
@@ -639,12 +666,9 @@ impl Engine {
         );
         let mut events = Vec::new();
         let id = valid.id;
+        // An approval is recorded in `charges`; the event log is for what needs a reason.
         match settled {
-            Settled::Approved => events.push(Event::sub(
-                id,
-                "charged",
-                format!("cycle {} attempt {} TID {}", f.cycle, f.attempt, f.tid),
-            )),
+            Settled::Approved => {}
             Settled::Declined => events.push(Event::sub(
                 id,
                 "declined",

@@ -4,6 +4,7 @@
 //! input error (nothing was sent); 3 the outcome is unknown (look the TID up before retrying).
 
 mod admin;
+mod bench;
 mod daemon_cmds;
 mod demo;
 mod demo_billing;
@@ -74,6 +75,8 @@ pub enum Command {
     /// List the event log.
     #[command(subcommand)]
     Events(admin::EventsCommand),
+    /// Measure charging throughput, CPU and memory against the simulator.
+    Bench(bench::BenchArgs),
     /// Walk through billkey issue, approval, status, refund and removal against a built-in
     /// simulator. Needs no configuration.
     Demo(demo::DemoArgs),
@@ -137,6 +140,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Refund(args) => ops::refund(&cli.config, args).await,
         Command::Status(args) => ops::status(&cli.config, args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Run(args) => daemon_cmds::run(&cli.config, args).await,
         Command::Subscription(cmd) => admin::subscription(&cli.config, cmd).await,
         Command::Charges(cmd) => admin::charges(&cli.config, cmd).await,

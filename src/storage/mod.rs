@@ -7,6 +7,7 @@
 //! outcome is recorded only while its charge is still unresolved.
 
 mod admin;
+mod batch;
 pub mod models;
 pub mod schema;
 
@@ -19,7 +20,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ManageConnection, Pool, PooledConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Integer, Text, Timestamp};
+use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::domain::FieldError;
@@ -418,6 +419,90 @@ impl Store {
         .await
     }
 
+    /// Benchmark setup: `total` active monthly subscriptions on the given billkeys, already
+    /// scheduled as the daemon would have them; the first `due` are due at `due_at`, the rest
+    /// spread over the following 30 days. Generated inside the database, in one statement.
+    pub async fn seed_bench(
+        &self,
+        total: i64,
+        due: i64,
+        bids: &[crate::domain::Bid],
+        due_at: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let due_at = naive(due_at);
+        // BIDs are validated alphanumeric, so they can stand in the SQL text.
+        let pick = format!(
+            "CASE n % {} {} END",
+            bids.len().max(1),
+            bids.iter()
+                .enumerate()
+                .map(|(i, b)| format!("WHEN {i} THEN '{}'", b.as_str()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let columns = "external_id, bid, amount, goods_name, anchor_at, status, next_cycle, \
+                       next_charge_at, seen_status, created_at, updated_at";
+        self.write(move |c| {
+            let n = match c {
+                AnyConnection::Sqlite(c) => {
+                    let sql = format!(
+                        "WITH RECURSIVE seq(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM seq WHERE n + 1 < {total}) \
+                         INSERT INTO subscriptions ({columns}) \
+                         SELECT 'bench-' || n, {pick}, 1000 + n % 9000, '벤치마크 구독', t, 'active', 1, t, 'active', t, t \
+                         FROM (SELECT n, CASE WHEN n < {due} THEN ?1 \
+                               ELSE datetime(?1, '+' || (n * 2592 / 1000) || ' seconds') END AS t FROM seq)"
+                    );
+                    diesel::sql_query(sql).bind::<Timestamp, _>(due_at).execute(c)?
+                }
+                AnyConnection::Postgres(c) => {
+                    let sql = format!(
+                        "INSERT INTO subscriptions ({columns}) \
+                         SELECT 'bench-' || n, {pick}, 1000 + n % 9000, '벤치마크 구독', t, 'active', 1, t, 'active', t, t \
+                         FROM (SELECT n, CASE WHEN n < {due} THEN $1 \
+                               ELSE $1 + (n::bigint * 2592 / 1000) * interval '1 second' END AS t \
+                               FROM generate_series(0, {total} - 1) AS n) AS g"
+                    );
+                    diesel::sql_query(sql).bind::<Timestamp, _>(due_at).execute(c)?
+                }
+            };
+            // Fresh statistics, as a database in service has them.
+            c.batch_execute("ANALYZE")?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Times the query that finds a batch of due subscriptions (without claiming them).
+    pub async fn probe_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<(usize, Duration), StoreError> {
+        let now = naive(now);
+        self.run(move |c| {
+            let started = std::time::Instant::now();
+            let ids: Vec<i64> = subscriptions::table
+                .filter(subscriptions::status.eq("active"))
+                .filter(subscriptions::next_charge_at.le(now))
+                .filter(
+                    subscriptions::claimed_until
+                        .is_null()
+                        .or(subscriptions::claimed_until.lt(now)),
+                )
+                .filter(diesel::dsl::not(diesel::dsl::exists(
+                    charges::table
+                        .filter(charges::subscription_id.eq(subscriptions::id))
+                        .filter(charges::state.eq_any(["pending", "unknown"])),
+                )))
+                .order((subscriptions::next_charge_at, subscriptions::id))
+                .limit(limit)
+                .select(subscriptions::id)
+                .load(c)?;
+            Ok((ids.len(), started.elapsed()))
+        })
+        .await
+    }
+
     /// A subscription by id (digits) or by external id.
     pub async fn find_subscription(
         &self,
@@ -666,11 +751,11 @@ impl Store {
                     AnyConnection::Postgres(c) => {
                         let sql = format!(
                             "UPDATE subscriptions SET claimed_by = $1, claimed_until = $2 \
-                             WHERE id IN (SELECT s.id FROM subscriptions s \
+                             WHERE id = ANY(ARRAY(SELECT s.id FROM subscriptions s \
                                WHERE s.status = 'active' AND {} \
                                AND (s.claimed_until IS NULL OR s.claimed_until < $3) \
                                AND NOT EXISTS (SELECT 1 FROM charges ch WHERE ch.subscription_id = s.id AND ch.state IN ('pending','unknown')) \
-                               ORDER BY s.next_charge_at, s.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                               ORDER BY s.next_charge_at, s.id LIMIT $4 FOR UPDATE SKIP LOCKED)) \
                              RETURNING *",
                             due_clause.replace("{now}", "$3")
                         );
@@ -730,64 +815,65 @@ impl Store {
         let owner = owner.to_owned();
         let now = naive(now);
         self.write(move |c| {
-            let mut started = Vec::with_capacity(attempts.len());
+            let rows: Vec<_> = attempts
+                .iter()
+                .map(|a| (a.subscription_id, a.cycle, naive(a.due_at), a.attempt))
+                .collect();
+            let updated = batch::start_bookkeeping(c, &owner, now, &rows)?;
+            let mut pending: Vec<(usize, NewCharge)> = attempts
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| updated.contains(&a.subscription_id))
+                .map(|(i, a)| {
+                    (
+                        i,
+                        NewCharge {
+                            subscription_id: a.subscription_id,
+                            cycle: a.cycle,
+                            attempt: a.attempt,
+                            moid: a.moid.clone(),
+                            tid: new_tid(),
+                            amount: a.amount,
+                            state: "pending".into(),
+                            check_after: Some(naive(a.check_after)),
+                            created_at: now,
+                        },
+                    )
+                })
+                .collect();
+            let mut started = Vec::with_capacity(pending.len());
             let mut evs = Vec::new();
-            for (i, a) in attempts.iter().enumerate() {
-                let declines_reset = diesel::dsl::sql::<Integer>(&format!(
-                    "CASE WHEN next_cycle = {} THEN cycle_declines ELSE 0 END",
-                    a.cycle
-                ));
-                let updated = diesel::update(subscriptions::table.find(a.subscription_id))
-                    .filter(subscriptions::claimed_by.eq(&owner))
-                    .filter(subscriptions::status.eq("active"))
-                    .set((
-                        subscriptions::cycle_declines.eq(declines_reset),
-                        subscriptions::next_cycle.eq(Some(a.cycle)),
-                        subscriptions::next_charge_at.eq(Some(naive(a.due_at))),
-                        subscriptions::cycle_attempts.eq(a.attempt),
-                        subscriptions::paused_since.eq(None::<NaiveDateTime>),
-                        subscriptions::updated_at.eq(now),
-                    ))
-                    .execute(c)?;
-                if updated == 0 {
-                    continue;
+            // A TID that another instance took is replaced and the row tried again.
+            for _ in 0..5 {
+                if pending.is_empty() {
+                    break;
                 }
-                let mut tid = new_tid();
-                let charge_id = loop {
-                    let new = NewCharge {
-                        subscription_id: a.subscription_id,
-                        cycle: a.cycle,
-                        attempt: a.attempt,
-                        moid: a.moid.clone(),
-                        tid: tid.clone(),
-                        amount: a.amount,
-                        state: "pending".into(),
-                        check_after: Some(naive(a.check_after)),
-                        created_at: now,
-                    };
-                    // A savepoint, so that a TID collision with another instance does not
-                    // abort the whole batch.
-                    let inserted = c.transaction(|c| {
-                        diesel::insert_into(charges::table)
-                            .values(&new)
-                            .returning(charges::id)
-                            .get_result::<i64>(c)
-                    });
-                    match inserted {
-                        Ok(id) => break id,
-                        Err(DieselError::DatabaseError(
-                            DatabaseErrorKind::UniqueViolation,
-                            info,
-                        )) if info.message().contains("tid")
-                            || info.constraint_name().is_some_and(|n| n.contains("tid")) =>
-                        {
-                            tid = new_tid();
-                        }
-                        Err(e) => return Err(e.into()),
+                let rows: Vec<NewCharge> = pending.iter().map(|(_, n)| n.clone()).collect();
+                let inserted = batch::insert_charges(c, &rows)?;
+                let mut again = Vec::new();
+                for (i, mut new) in pending {
+                    if let Some(id) = inserted.get(&new.tid) {
+                        evs.extend(attempts[i].events.iter().cloned());
+                        started.push((i, *id, new.tid));
+                        continue;
                     }
-                };
-                evs.extend(a.events.iter().cloned());
-                started.push((i, charge_id, tid));
+                    let tid_taken: i64 = charges::table
+                        .filter(charges::tid.eq(&new.tid))
+                        .count()
+                        .get_result(c)?;
+                    if tid_taken == 0 {
+                        // The same attempt is stored already: not started twice.
+                        tracing::warn!(
+                            subscription = new.subscription_id,
+                            moid = %new.moid,
+                            "attempt already stored; not started again"
+                        );
+                        continue;
+                    }
+                    new.tid = new_tid();
+                    again.push((i, new));
+                }
+                pending = again;
             }
             insert_events(c, now, &evs)?;
             Ok(started)
@@ -815,7 +901,6 @@ impl Store {
                     Some(&owner),
                     None,
                     now,
-                    true,
                 )?;
                 if n == 0 {
                     continue;
@@ -842,47 +927,52 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let now = naive(now);
         self.write(move |c| {
-            let mut applied = 0;
+            let updates: Vec<batch::ChargeUpdate<'_>> = outcomes
+                .iter()
+                .map(|o| batch::ChargeUpdate {
+                    id: o.charge_id,
+                    result: &o.result,
+                    resolved_at: o.result.check_after.is_none().then_some(now),
+                })
+                .collect();
+            let applied = batch::update_charges(c, &updates)?;
+            let mine: Vec<&Outcome> = outcomes
+                .iter()
+                .filter(|o| applied.contains(&o.charge_id))
+                .collect();
+            let advancing: Vec<(i64, i32, &Bookkeeping)> = mine
+                .iter()
+                .filter_map(|o| {
+                    o.bookkeeping
+                        .as_ref()
+                        .map(|b| (o.subscription_id, o.cycle, b))
+                })
+                .collect();
+            let advanced = batch::advance_subscriptions(c, now, &advancing)?;
             let mut evs = Vec::new();
-            for o in &outcomes {
-                let r = &o.result;
-                let settled = r.check_after.is_none();
-                let n = diesel::update(charges::table.find(o.charge_id))
-                    .filter(charges::state.eq_any(["pending", "unknown"]))
-                    .set((
-                        charges::state.eq(&r.state),
-                        charges::result_code.eq(&r.result_code),
-                        charges::result_msg.eq(&r.result_msg),
-                        charges::auth_code.eq(&r.auth_code),
-                        charges::auth_date.eq(&r.auth_date),
-                        charges::card_no.eq(&r.card_no),
-                        charges::error_class.eq(&r.error_class),
-                        charges::error.eq(&r.error),
-                        charges::lookups.eq(r.lookups),
-                        charges::check_after.eq(r.check_after.map(naive)),
-                        charges::resolved_at.eq(settled.then_some(now)),
-                    ))
-                    .execute(c)?;
-                if n == 0 {
-                    continue;
-                }
-                applied += 1;
-                let events_for_charge = o.events.iter().cloned().map(|mut e| {
-                    e.charge_id = Some(o.charge_id);
-                    e
-                });
-                evs.extend(events_for_charge);
-                if let Some(b) = &o.bookkeeping {
-                    apply_bookkeeping(c, o.subscription_id, b, None, Some(o.cycle), now, true)?;
-                } else {
-                    release(c, o.subscription_id, now)?;
+            for o in &mine {
+                match &o.bookkeeping {
+                    Some(b) => {
+                        if let Some((status, reason)) = &b.status
+                            && advanced.contains(&o.subscription_id)
+                        {
+                            set_status_if_active(c, o.subscription_id, status, reason)?;
+                        }
+                    }
+                    None => {
+                        release(c, o.subscription_id, now)?;
+                    }
                 }
                 if let Some(bid) = &o.remove_billkey {
                     queue_removal(c, o.subscription_id, bid, now)?;
                 }
+                evs.extend(o.events.iter().cloned().map(|mut e| {
+                    e.charge_id = Some(o.charge_id);
+                    e
+                }));
             }
             insert_events(c, now, &evs)?;
-            Ok(applied)
+            Ok(mine.len())
         })
         .await
     }
@@ -1181,7 +1271,7 @@ fn release(c: &mut AnyConnection, id: i64, now: NaiveDateTime) -> Result<usize, 
         .execute(c)?)
 }
 
-/// Writes nicebill's columns of one subscription and releases its claim. With `owner`, only
+/// Writes nicebill's columns of one subscription and releases its claim, in one statement. With `owner`, only
 /// while that owner holds the claim; with `cycle`, only while the row is still on that cycle.
 /// A status change never overwrites a merchant's cancellation or pause made meanwhile.
 fn apply_bookkeeping(
@@ -1191,7 +1281,6 @@ fn apply_bookkeeping(
     owner: Option<&str>,
     cycle: Option<i32>,
     now: NaiveDateTime,
-    release_claim: bool,
 ) -> Result<usize, StoreError> {
     let mut q = diesel::update(subscriptions::table.find(id)).into_boxed();
     if let Some(owner) = owner {
@@ -1208,23 +1297,32 @@ fn apply_bookkeeping(
             subscriptions::cycle_declines.eq(b.cycle_declines),
             subscriptions::paused_since.eq(None::<NaiveDateTime>),
             subscriptions::updated_at.eq(now),
+            subscriptions::claimed_by.eq(None::<String>),
+            subscriptions::claimed_until.eq(None::<NaiveDateTime>),
         ))
         .execute(c)?;
     if n == 0 {
         return Ok(0);
     }
     if let Some((status, reason)) = &b.status {
-        diesel::update(subscriptions::table.find(id))
-            .filter(subscriptions::status.eq("active"))
-            .set((
-                subscriptions::status.eq(status),
-                subscriptions::seen_status.eq(Some(status)),
-                subscriptions::status_reason.eq(Some(reason)),
-            ))
-            .execute(c)?;
-    }
-    if release_claim {
-        release(c, id, now)?;
+        set_status_if_active(c, id, status, reason)?;
     }
     Ok(n)
+}
+
+/// nicebill's status change, made only while the merchant has not changed the status meanwhile.
+fn set_status_if_active(
+    c: &mut AnyConnection,
+    id: i64,
+    status: &str,
+    reason: &str,
+) -> Result<usize, StoreError> {
+    Ok(diesel::update(subscriptions::table.find(id))
+        .filter(subscriptions::status.eq("active"))
+        .set((
+            subscriptions::status.eq(status),
+            subscriptions::seen_status.eq(Some(status)),
+            subscriptions::status_reason.eq(Some(reason)),
+        ))
+        .execute(c)?)
 }

@@ -35,7 +35,7 @@ CREATE TABLE subscriptions (
     created_at           TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
     updated_at           TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
-CREATE INDEX subscriptions_due ON subscriptions (status, next_charge_at);
+CREATE INDEX subscriptions_due ON subscriptions (status, next_charge_at, id);
 -- Rows whose status changed since nicebill last looked (new rows, pauses, cancellations).
 CREATE INDEX subscriptions_unseen ON subscriptions (id) WHERE seen_status IS NOT status;
 
@@ -64,7 +64,8 @@ CREATE TABLE charges (
 );
 -- The last line of defence: at most one approved charge per billing cycle.
 CREATE UNIQUE INDEX charges_one_approval_per_cycle ON charges (subscription_id, cycle) WHERE state = 'approved';
-CREATE INDEX charges_unresolved ON charges (state, check_after) WHERE state IN ('pending', 'unknown');
+-- Small (only attempts in flight): serves "has this subscription an unresolved attempt?".
+CREATE INDEX charges_unresolved ON charges (subscription_id, check_after) WHERE state IN ('pending', 'unknown');
 
 -- Billkey removal of a cancelled subscription.
 CREATE TABLE billkey_removals (

@@ -1,0 +1,280 @@
+//! Multi-row statements for the hot path: one round trip for a whole batch of attempts or
+//! outcomes instead of one per row. The same SQL runs on both backends (`WITH v AS (VALUES …)`
+//! and `UPDATE … FROM v … RETURNING`); only placeholders (and PostgreSQL's casts) differ.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
+
+use super::{AnyConnection, NewCharge, StoreError};
+
+/// A bound value.
+enum Value {
+    I64(i64),
+    I32(i32),
+    Text(Option<String>),
+    Ts(Option<NaiveDateTime>),
+}
+
+impl Value {
+    fn pg_type(&self) -> &'static str {
+        match self {
+            Value::I64(_) => "bigint",
+            Value::I32(_) => "integer",
+            Value::Text(_) => "text",
+            Value::Ts(_) => "timestamp",
+        }
+    }
+}
+
+/// SQL text with its parameters, written once for both backends.
+struct Sql {
+    pg: bool,
+    text: String,
+    values: Vec<Value>,
+}
+
+impl Sql {
+    fn new(c: &AnyConnection) -> Self {
+        Self {
+            pg: matches!(c, AnyConnection::Postgres(_)),
+            text: String::new(),
+            values: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a placeholder for `value` (typed on PostgreSQL, so VALUES lists infer right).
+    fn param(&mut self, value: Value) -> &mut Self {
+        if self.pg {
+            let n = self.values.len() + 1;
+            self.text.push_str(&format!("${n}::{}", value.pg_type()));
+        } else {
+            self.text.push('?');
+        }
+        self.values.push(value);
+        self
+    }
+
+    /// Appends `(p, p, …)` for one row.
+    fn row(&mut self, values: Vec<Value>) -> &mut Self {
+        self.push("(");
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.param(v);
+        }
+        self.push(")")
+    }
+
+    fn load_ids(self, c: &mut AnyConnection) -> Result<Vec<Returned>, StoreError> {
+        macro_rules! bind_all {
+            ($q:expr) => {{
+                let mut q = $q;
+                for v in self.values {
+                    q = match v {
+                        Value::I64(x) => q.bind::<BigInt, _>(x),
+                        Value::I32(x) => q.bind::<Integer, _>(x),
+                        Value::Text(x) => q.bind::<Nullable<Text>, _>(x),
+                        Value::Ts(x) => q.bind::<Nullable<Timestamp>, _>(x),
+                    };
+                }
+                q
+            }};
+        }
+        let rows = match c {
+            AnyConnection::Sqlite(c) => {
+                bind_all!(diesel::sql_query(&self.text).into_boxed::<diesel::sqlite::Sqlite>())
+                    .load::<Returned>(c)?
+            }
+            AnyConnection::Postgres(c) => {
+                bind_all!(diesel::sql_query(&self.text).into_boxed::<diesel::pg::Pg>())
+                    .load::<Returned>(c)?
+            }
+        };
+        Ok(rows)
+    }
+}
+
+/// What the statements return: a row id and, for inserts, the TID.
+#[derive(QueryableByName)]
+struct Returned {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    tid: Option<String>,
+}
+
+/// Bookkeeping of a batch of attempts about to start: one UPDATE, applied only to rows this
+/// owner still holds and that are still active. Returns the subscription ids updated.
+pub(super) fn start_bookkeeping(
+    c: &mut AnyConnection,
+    owner: &str,
+    now: NaiveDateTime,
+    rows: &[(i64, i32, NaiveDateTime, i32)],
+) -> Result<HashSet<i64>, StoreError> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut sql = Sql::new(c);
+    sql.push("WITH v(id, cycle, due, attempt) AS (VALUES ");
+    for (i, (id, cycle, due, attempt)) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.row(vec![
+            Value::I64(*id),
+            Value::I32(*cycle),
+            Value::Ts(Some(*due)),
+            Value::I32(*attempt),
+        ]);
+    }
+    sql.push(
+        ") UPDATE subscriptions SET \
+         cycle_declines = CASE WHEN subscriptions.next_cycle = v.cycle \
+                          THEN subscriptions.cycle_declines ELSE 0 END, \
+         next_cycle = v.cycle, next_charge_at = v.due, cycle_attempts = v.attempt, \
+         paused_since = NULL, updated_at = ",
+    )
+    .param(Value::Ts(Some(now)))
+    .push(" FROM v WHERE subscriptions.id = v.id AND subscriptions.claimed_by = ")
+    .param(Value::Text(Some(owner.to_owned())))
+    .push(" AND subscriptions.status = 'active' RETURNING subscriptions.id AS id, NULL AS tid");
+    Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
+}
+
+/// Inserts a batch of charges in one statement; a row a unique index refuses is skipped.
+/// Returns TID → id of the rows inserted.
+pub(super) fn insert_charges(
+    c: &mut AnyConnection,
+    rows: &[NewCharge],
+) -> Result<HashMap<String, i64>, StoreError> {
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut sql = Sql::new(c);
+    sql.push(
+        "INSERT INTO charges (subscription_id, cycle, attempt, moid, tid, amount, state, \
+         check_after, created_at) VALUES ",
+    );
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.row(vec![
+            Value::I64(r.subscription_id),
+            Value::I32(r.cycle),
+            Value::I32(r.attempt),
+            Value::Text(Some(r.moid.clone())),
+            Value::Text(Some(r.tid.clone())),
+            Value::I64(r.amount),
+            Value::Text(Some(r.state.clone())),
+            Value::Ts(r.check_after),
+            Value::Ts(Some(r.created_at)),
+        ]);
+    }
+    sql.push(" ON CONFLICT DO NOTHING RETURNING id, tid");
+    Ok(sql
+        .load_ids(c)?
+        .into_iter()
+        .filter_map(|r| r.tid.map(|t| (t, r.id)))
+        .collect())
+}
+
+/// The new state of one charge.
+pub(super) struct ChargeUpdate<'a> {
+    pub id: i64,
+    pub result: &'a super::ChargeResult,
+    pub resolved_at: Option<NaiveDateTime>,
+}
+
+/// Records outcomes of a batch of charges in one UPDATE, only on charges still unresolved.
+/// Returns the ids updated.
+pub(super) fn update_charges(
+    c: &mut AnyConnection,
+    rows: &[ChargeUpdate<'_>],
+) -> Result<HashSet<i64>, StoreError> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut sql = Sql::new(c);
+    sql.push(
+        "WITH v(id, state, result_code, result_msg, auth_code, auth_date, card_no, \
+         error_class, error, lookups, check_after, resolved_at) AS (VALUES ",
+    );
+    for (i, u) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        let r = u.result;
+        sql.row(vec![
+            Value::I64(u.id),
+            Value::Text(Some(r.state.clone())),
+            Value::Text(r.result_code.clone()),
+            Value::Text(r.result_msg.clone()),
+            Value::Text(r.auth_code.clone()),
+            Value::Text(r.auth_date.clone()),
+            Value::Text(r.card_no.clone()),
+            Value::Text(r.error_class.clone()),
+            Value::Text(r.error.clone()),
+            Value::I32(r.lookups),
+            Value::Ts(r.check_after.map(|t| t.naive_utc())),
+            Value::Ts(u.resolved_at),
+        ]);
+    }
+    sql.push(
+        ") UPDATE charges SET state = v.state, result_code = v.result_code, \
+         result_msg = v.result_msg, auth_code = v.auth_code, auth_date = v.auth_date, \
+         card_no = v.card_no, error_class = v.error_class, error = v.error, \
+         lookups = v.lookups, check_after = v.check_after, resolved_at = v.resolved_at \
+         FROM v WHERE charges.id = v.id AND charges.state IN ('pending', 'unknown') \
+         RETURNING charges.id AS id, NULL AS tid",
+    );
+    Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
+}
+
+/// Moves subscriptions on after settled attempts, releasing their claims, in one UPDATE; only
+/// rows still on the attempt's cycle. Status changes are not made here (see the caller).
+pub(super) fn advance_subscriptions(
+    c: &mut AnyConnection,
+    now: NaiveDateTime,
+    rows: &[(i64, i32, &super::Bookkeeping)],
+) -> Result<HashSet<i64>, StoreError> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut sql = Sql::new(c);
+    sql.push("WITH v(id, on_cycle, next_cycle, next_charge_at, attempts, declines) AS (VALUES ");
+    for (i, (id, on_cycle, b)) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.row(vec![
+            Value::I64(*id),
+            Value::I32(*on_cycle),
+            Value::I32(b.next_cycle),
+            Value::Ts(b.next_charge_at.map(|t| t.naive_utc())),
+            Value::I32(b.cycle_attempts),
+            Value::I32(b.cycle_declines),
+        ]);
+    }
+    sql.push(
+        ") UPDATE subscriptions SET next_cycle = v.next_cycle, \
+         next_charge_at = v.next_charge_at, cycle_attempts = v.attempts, \
+         cycle_declines = v.declines, paused_since = NULL, claimed_by = NULL, \
+         claimed_until = NULL, updated_at = ",
+    )
+    .param(Value::Ts(Some(now)))
+    .push(
+        " FROM v WHERE subscriptions.id = v.id AND subscriptions.next_cycle = v.on_cycle \
+         RETURNING subscriptions.id AS id, NULL AS tid",
+    );
+    Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
+}
