@@ -325,3 +325,47 @@ fn the_demo_runs_and_its_ledger_agrees() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("refund (signature verified)"));
 }
+
+/// The benchmark command works end to end (its figures are not judged here: timing belongs to
+/// `bench/RESULTS.md`, not to tests).
+#[test]
+fn the_benchmark_runs_and_charges_everything() {
+    let mut args = vec![
+        "bench",
+        "--due",
+        "300",
+        "--total",
+        "1000",
+        "--concurrency",
+        "16",
+        "--latency-ms",
+        "2",
+        "--json",
+    ];
+    let pg = std::env::var("NICEBILL_TEST_POSTGRES_URL").ok();
+    let mut runs = vec![args.clone()];
+    if let Some(url) = pg.as_deref() {
+        args.extend(["--database-url", url]);
+        runs.push(args);
+    }
+    for args in runs {
+        let out = bin().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (r["charged"].as_u64(), r["ledger"].as_u64()),
+            (Some(300), Some(300)),
+            "{r}"
+        );
+        for key in [
+            "wall_s",
+            "ideal_s",
+            "efficiency",
+            "cpu_us_per_charge",
+            "peak_rss_mb",
+            "find_due_batch_ms",
+        ] {
+            assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
+        }
+    }
+}
