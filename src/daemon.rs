@@ -134,7 +134,11 @@ pub async fn run(
         ),
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    health.write(&engine, None).await;
     tick.notify_one();
+    // The health file is also refreshed while a long pass runs (a gateway outage, a backlog).
+    let mut health_tick = tokio::time::interval(Duration::from_secs(5));
+    health_tick.tick().await;
     // The watchdog is fed from this loop (also while a pass runs), so a stuck loop gets the
     // service restarted.
     let watchdog_every = sd_notify::watchdog_enabled()
@@ -157,6 +161,7 @@ pub async fn run(
                         _ = watchdog.tick() => {
                             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                         }
+                        _ = health_tick.tick() => health.write(&engine, None).await,
                         () = &mut shutdown, if !stopping => {
                             stopping = true;
                             engine.stop();

@@ -310,7 +310,14 @@ impl Engine {
         let (queue_tx, mut queue_rx) = mpsc::channel::<InFlight>(concurrency * 2);
         let claimer = async move {
             let mut report = PassReport::default();
-            while !self.stopping() {
+            // While NICEPAY is unreachable, claiming more only piles up attempts that fail: the
+            // first batch of a pass probes it, and if it is still down the next tick tries again.
+            let mut probed = false;
+            loop {
+                if self.stopping() || (probed && self.gateway_down()) {
+                    break;
+                }
+                probed = true;
                 let now = self.clock.now();
                 let timer = Instant::now();
                 let rows = self
@@ -561,7 +568,7 @@ impl Engine {
         } else {
             let client = &self.client;
             let request = &request;
-            retry(self.settings.transient, || async move {
+            retry(self.transient_policy(), || async move {
                 match client.approve(request).await {
                     Err(e) if e.class() == Class::NotSent => Err(Attempt::Transient(e)),
                     Err(e) => Err(Attempt::Permanent(e)),
@@ -745,7 +752,7 @@ impl Engine {
     ) -> (Outcome, Settledness) {
         let client = &self.client;
         let tid = &f.tid;
-        let looked = retry(self.settings.transient, || async move {
+        let looked = retry(self.transient_policy(), || async move {
             match client.status(tid).await {
                 Ok(reply) => match reply.data {
                     Some(status) => Ok(status),
@@ -961,7 +968,7 @@ impl Engine {
                         (Ok(bid), Ok(moid)) => {
                             let client = &self.client;
                             let (bid, moid) = (&bid, &moid);
-                            let result = retry(s.transient, || async move {
+                            let result = retry(self.transient_policy(), || async move {
                                 match client.remove_billkey(bid, moid).await {
                                     Err(e) if e.class() == Class::NotSent => {
                                         Err(Attempt::Transient(e))
@@ -1027,6 +1034,22 @@ impl Engine {
     }
 
     // ---- gateway health ----
+
+    /// NICEPAY has not answered this many calls in a row: treat it as down for this pass.
+    const GATEWAY_DOWN_AFTER: u64 = 10;
+
+    pub fn gateway_down(&self) -> bool {
+        self.stats.gateway_failures_in_a_row.load(Ordering::Relaxed) >= Self::GATEWAY_DOWN_AFTER
+    }
+
+    /// In-process retries, or none while NICEPAY is known to be unreachable.
+    fn transient_policy(&self) -> RetryPolicy {
+        if self.gateway_down() {
+            RetryPolicy::new(Duration::ZERO, Duration::ZERO, Duration::ZERO)
+        } else {
+            self.settings.transient
+        }
+    }
 
     fn note_gateway(&self, class: Class) {
         match class {

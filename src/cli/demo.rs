@@ -91,11 +91,11 @@ async fn walk(sim: &SimHandle, args: DemoArgs) -> Result<(), CliError> {
 
     let tid = client.new_tid();
     let amount = Krw::positive(9_900)?;
-    let approved = client
-        .approve(&ApproveRequest {
+    let charge = |tid: crate::domain::Tid, moid: &str| -> Result<ApproveRequest, CliError> {
+        Ok(ApproveRequest {
             bid: bid.clone(),
-            tid: tid.clone(),
-            moid: Moid::new("demo-S1-C1-A1")?,
+            tid,
+            moid: Moid::new(moid)?,
             amount,
             goods_name: "월간 구독 (프리미엄)".into(),
             card_quota: "00".into(),
@@ -103,6 +103,9 @@ async fn walk(sim: &SimHandle, args: DemoArgs) -> Result<(), CliError> {
             buyer: Buyer::default(),
             mall_reserved: None,
         })
+    };
+    let approved = client
+        .approve(&charge(tid.clone(), "demo-S1-C1-A1")?)
         .await
         .map_err(|e| failed("approve", e))?;
     let auth = approved
@@ -180,17 +183,7 @@ async fn walk(sim: &SimHandle, args: DemoArgs) -> Result<(), CliError> {
 
     let tid2 = client.new_tid();
     let again = client
-        .approve(&ApproveRequest {
-            bid: bid.clone(),
-            tid: tid2,
-            moid: Moid::new("demo-S1-C2-A1")?,
-            amount,
-            goods_name: "월간 구독 (프리미엄)".into(),
-            card_quota: "00".into(),
-            interest_free: false,
-            buyer: Buyer::default(),
-            mall_reserved: None,
-        })
+        .approve(&charge(tid2, "demo-S1-C2-A1")?)
         .await
         .map_err(|e| failed("approve after removal", e))?;
     step(

@@ -190,26 +190,13 @@ async fn simulate(
             .map(|d| d.bid)
             .ok_or_else(|| fail("billkey issue", issued.result_msg))?;
         let id = store
-            .insert_subscription(NewSubscription {
-                external_id: plan.external_id.into(),
-                bid: bid.to_string(),
-                amount: plan.amount,
-                goods_name: plan.goods_name.into(),
-                buyer_name: None,
-                buyer_email: None,
-                buyer_tel: None,
-                card_quota: "00".into(),
-                card_interest: "0".into(),
-                interval_unit: "month".into(),
-                interval_count: 1,
-                cron: None,
-                timezone: None,
-                anchor_at: kst(plan.anchor)?.naive_utc(),
-                max_cycles: None,
-                ends_at: None,
-                status: "active".into(),
-                cancel_at_period_end: false,
-            })
+            .insert_subscription(NewSubscription::monthly(
+                plan.external_id,
+                bid.as_str(),
+                plan.amount,
+                plan.goods_name,
+                kst(plan.anchor)?.naive_utc(),
+            ))
             .await
             .map_err(|e| fail("insert subscription", e))?;
         ids.push(id);

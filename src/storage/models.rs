@@ -66,6 +66,39 @@ pub struct NewSubscription {
     pub cancel_at_period_end: bool,
 }
 
+impl NewSubscription {
+    /// An active monthly subscription with the columns' defaults (quota 00, no interest-free,
+    /// no buyer, no end).
+    pub fn monthly(
+        external_id: &str,
+        bid: &str,
+        amount: i64,
+        goods_name: &str,
+        anchor_at: NaiveDateTime,
+    ) -> Self {
+        Self {
+            external_id: external_id.into(),
+            bid: bid.into(),
+            amount,
+            goods_name: goods_name.into(),
+            buyer_name: None,
+            buyer_email: None,
+            buyer_tel: None,
+            card_quota: "00".into(),
+            card_interest: "0".into(),
+            interval_unit: "month".into(),
+            interval_count: 1,
+            cron: None,
+            timezone: None,
+            anchor_at,
+            max_cycles: None,
+            ends_at: None,
+            status: "active".into(),
+            cancel_at_period_end: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize, PartialEq)]
 #[diesel(table_name = charges)]
 pub struct ChargeRow {

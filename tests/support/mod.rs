@@ -145,26 +145,13 @@ pub fn monthly(
     amount: i64,
     anchor: chrono::DateTime<chrono::Utc>,
 ) -> nicebill::storage::models::NewSubscription {
-    nicebill::storage::models::NewSubscription {
-        external_id: external_id.into(),
-        bid: bid.to_string(),
+    nicebill::storage::models::NewSubscription::monthly(
+        external_id,
+        bid.as_str(),
         amount,
-        goods_name: "월간 구독".into(),
-        buyer_name: None,
-        buyer_email: None,
-        buyer_tel: None,
-        card_quota: "00".into(),
-        card_interest: "0".into(),
-        interval_unit: "month".into(),
-        interval_count: 1,
-        cron: None,
-        timezone: None,
-        anchor_at: anchor.naive_utc(),
-        max_cycles: None,
-        ends_at: None,
-        status: "active".into(),
-        cancel_at_period_end: false,
-    }
+        "월간 구독",
+        anchor.naive_utc(),
+    )
 }
 
 /// Korea time → UTC.

@@ -141,7 +141,8 @@ pub fn decode(body: &[u8]) -> Result<Vec<(String, String)>, FormError> {
     Ok(out)
 }
 
-fn decode_component(raw: &[u8]) -> Vec<u8> {
+/// Percent-decodes one form component (`+` is a space) into raw bytes.
+pub(super) fn decode_component(raw: &[u8]) -> Vec<u8> {
     let plus_as_space: Vec<u8> = raw
         .iter()
         .map(|b| if *b == b'+' { b' ' } else { *b })

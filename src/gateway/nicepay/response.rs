@@ -156,29 +156,21 @@ fn parse_kv(body: &[u8], charset: Charset) -> Result<Fields, ParseError> {
         let Some(eq) = pair.iter().position(|b| *b == b'=') else {
             return Err(ParseError::UnknownFormat);
         };
-        let name = percent_decode(&pair[..eq]);
+        let name = super::form::decode_component(&pair[..eq]);
         let name = match String::from_utf8(name) {
             Ok(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
                 n
             }
             _ => return Err(ParseError::UnknownFormat),
         };
-        let value =
-            decode_text(&percent_decode(&pair[eq + 1..]), charset).ok_or(ParseError::NotText)?;
+        let value = decode_text(&super::form::decode_component(&pair[eq + 1..]), charset)
+            .ok_or(ParseError::NotText)?;
         fields.insert(name, value);
     }
     if fields.is_empty() {
         return Err(ParseError::UnknownFormat);
     }
     Ok(Fields(fields))
-}
-
-fn percent_decode(raw: &[u8]) -> Vec<u8> {
-    let plus_as_space: Vec<u8> = raw
-        .iter()
-        .map(|b| if *b == b'+' { b' ' } else { *b })
-        .collect();
-    percent_encoding::percent_decode(&plus_as_space).collect()
 }
 
 #[cfg(test)]
