@@ -35,6 +35,10 @@ pub enum DaemonError {
     Scheduler(String),
     #[error("{0} attempt(s) are still unresolved; run again later (`nicebill run --once`)")]
     Unresolved(usize),
+    #[error(
+        "due cycles are still not charged after {0} attempt(s) that never reached NICEPAY; is it reachable? (`nicebill check-config --gateway`)"
+    )]
+    NotCharged(usize),
 }
 
 /// How long startup spends looking up attempts a previous run left in flight before it
@@ -209,17 +213,28 @@ async fn run_once(engine: &Engine) -> Result<PassReport, DaemonError> {
         let now = chrono::Utc::now();
         // Due subscriptions still claimed by an instance that died: wait for the lease.
         let claimed_until = engine.store().due_claims_expire(now).await?;
-        if unresolved.is_empty() && claimed_until.is_none() {
+        // A cycle found not charged (never sent, or proven never approved; by this run or a
+        // crashed one) is due again after `resend_after`: "everything due now" includes it.
+        let resend_within = now
+            + crate::billing::engine::chrono_duration(engine.settings().policy.resend_after)
+            + chrono::Duration::seconds(1);
+        let due_again = engine.store().next_resend(resend_within).await?;
+        if unresolved.is_empty() && claimed_until.is_none() && due_again.is_none() {
             return Ok(total);
         }
         if tokio::time::Instant::now() >= deadline || engine.is_stopping() {
-            return Err(DaemonError::Unresolved(unresolved.len()));
+            return Err(if unresolved.is_empty() {
+                DaemonError::NotCharged(total.not_charged.max(1))
+            } else {
+                DaemonError::Unresolved(unresolved.len())
+            });
         }
-        // Sleep until the earliest lookup or lease is due (at most a few seconds at a time).
+        // Sleep until the earliest lookup, lease or retry is due (a few seconds at most).
         let wait = unresolved
             .iter()
             .filter_map(|c| c.check_after.map(|t| t.and_utc()))
             .chain(claimed_until)
+            .chain(due_again)
             .min()
             .map(|t| (t - now).to_std().unwrap_or_default())
             .unwrap_or_default()

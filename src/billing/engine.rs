@@ -855,6 +855,66 @@ impl Engine {
         self.resolve_by(self.clock.now()).await
     }
 
+    /// Looks up one unresolved attempt; `None` when it cannot be resolved against its row.
+    async fn look_up(
+        &self,
+        charge: crate::storage::models::ChargeRow,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(Outcome, Settledness)>, EngineError> {
+        let s = &self.settings;
+        let Some(sub) = self.store.subscription(charge.subscription_id).await? else {
+            return Ok(None);
+        };
+        let Ok(tid) = Tid::new(charge.tid.clone()) else {
+            return Ok(None);
+        };
+        // The row may have been edited since the attempt; the attempt is still resolved, on
+        // the schedule as it reads now.
+        let valid = match plan::validate(&sub, &s.policy) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(
+                    subscription = sub.id,
+                    "cannot resolve attempt {}: row invalid: {e}",
+                    charge.tid
+                );
+                return Ok(None);
+            }
+        };
+        let due_at = valid
+            .schedule
+            .due_at(charge.cycle.max(1) as u32)
+            .unwrap_or(now);
+        let facts = ChargeFacts {
+            charge_id: charge.id,
+            cycle: charge.cycle.max(1) as u32,
+            due_at,
+            attempt: charge.attempt.max(1) as u32,
+            prior_declines: if sub.next_cycle == Some(charge.cycle) {
+                sub.cycle_declines.max(0) as u32
+            } else {
+                0
+            },
+            tid,
+            settles_at: charge.created_at.and_utc() + chrono_duration(s.settle),
+        };
+        let (outcome, settledness) = self
+            .resolve(&valid, &facts, charge.lookups, charge.error.clone())
+            .await;
+        tracing::info!(
+            subscription = sub.id,
+            external_id = %sub.external_id,
+            cycle = charge.cycle,
+            attempt = charge.attempt,
+            moid = %charge.moid,
+            tid = %charge.tid,
+            amount = charge.amount,
+            state = %outcome.result.state,
+            "unresolved attempt looked up"
+        );
+        Ok(Some((outcome, settledness)))
+    }
+
     async fn resolve_by(&self, horizon: DateTime<Utc>) -> Result<PassReport, EngineError> {
         let mut report = PassReport::default();
         let s = &self.settings;
@@ -868,65 +928,33 @@ impl Engine {
             // A lookup lease only needs to outlast the lookups themselves; a dead resolver's
             // lease must not hold an attempt for long.
             let lookup_lease = s.call_timeout + s.transient.max_elapsed;
+            // One batch of lookups at a time, `concurrency` wide, recorded as soon as the batch
+            // is done: a process killed during recovery keeps what it already learned.
             let rows = self
                 .store
-                .claim_unresolved(after_id, now, horizon.max(now), lookup_lease, 256)
+                .claim_unresolved(
+                    after_id,
+                    now,
+                    horizon.max(now),
+                    lookup_lease,
+                    s.concurrency.max(1) as i64,
+                )
                 .await?;
             let Some(last) = rows.last() else { break };
             after_id = last.id;
-            let mut outcomes = Vec::new();
+            let mut lookups = JoinSet::new();
             for charge in rows {
-                let Some(sub) = self.store.subscription(charge.subscription_id).await? else {
-                    continue;
-                };
-                let Ok(tid) = Tid::new(charge.tid.clone()) else {
-                    continue;
-                };
-                // The row may have been edited since the attempt; the attempt is still
-                // resolved, on the schedule as it reads now.
-                let valid = match plan::validate(&sub, &s.policy) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::error!(
-                            subscription = sub.id,
-                            "cannot resolve attempt {}: row invalid: {e}",
-                            charge.tid
-                        );
-                        continue;
-                    }
-                };
-                let due_at = valid
-                    .schedule
-                    .due_at(charge.cycle.max(1) as u32)
-                    .unwrap_or(now);
-                let facts = ChargeFacts {
-                    charge_id: charge.id,
-                    cycle: charge.cycle.max(1) as u32,
-                    due_at,
-                    attempt: charge.attempt.max(1) as u32,
-                    prior_declines: if sub.next_cycle == Some(charge.cycle) {
-                        sub.cycle_declines.max(0) as u32
-                    } else {
-                        0
-                    },
-                    tid,
-                    settles_at: charge.created_at.and_utc() + chrono_duration(s.settle),
-                };
-                let (outcome, settledness) = self
-                    .resolve(&valid, &facts, charge.lookups, charge.error.clone())
-                    .await;
-                tracing::info!(
-                    subscription = sub.id,
-                    external_id = %sub.external_id,
-                    cycle = charge.cycle,
-                    attempt = charge.attempt,
-                    moid = %charge.moid,
-                    tid = %charge.tid,
-                    amount = charge.amount,
-                    state = %outcome.result.state,
-                    "unresolved attempt looked up"
-                );
-                outcomes.push((outcome, settledness));
+                let engine = self.clone();
+                lookups.spawn(async move { engine.look_up(charge, now).await });
+            }
+            let mut outcomes = Vec::new();
+            while let Some(done) = lookups.join_next().await {
+                match done {
+                    Ok(Ok(Some(outcome))) => outcomes.push(outcome),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => tracing::error!("a status lookup task failed: {e}"),
+                }
             }
             let counted = tally(&outcomes, &self.stats);
             report.merge(&counted);

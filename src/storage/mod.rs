@@ -1072,6 +1072,30 @@ impl Store {
         .await
     }
 
+    /// The earliest time by `until` at which an active subscription is due again for a cycle
+    /// that has an attempt found not charged (never sent, or proven never approved).
+    pub async fn next_resend(
+        &self,
+        until: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let until = naive(until);
+        self.run(move |c| {
+            let t: Option<NaiveDateTime> = subscriptions::table
+                .filter(subscriptions::status.eq("active"))
+                .filter(subscriptions::next_charge_at.le(until))
+                .filter(diesel::dsl::exists(
+                    charges::table
+                        .filter(charges::subscription_id.eq(subscriptions::id))
+                        .filter(charges::cycle.nullable().eq(subscriptions::next_cycle))
+                        .filter(charges::state.eq("not_charged")),
+                ))
+                .select(diesel::dsl::min(subscriptions::next_charge_at))
+                .first(c)?;
+            Ok(t.map(|t| t.and_utc()))
+        })
+        .await
+    }
+
     /// Every unresolved attempt (for `--once` and health).
     pub async fn unresolved(&self) -> Result<Vec<ChargeRow>, StoreError> {
         self.run(|c| {
