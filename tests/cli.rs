@@ -168,6 +168,51 @@ fn operator_flow_against_the_simulator() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["data"]["state"], "cancelled");
 
+    // A refund whose answer carries a wrong Signature is never reported as a refund: exit 3,
+    // "NOT confirmed", whatever the simulator did.
+    let out = run(
+        &config,
+        &[
+            "approve",
+            "--bid",
+            &bid,
+            "--amount",
+            "5000",
+            "--goods-name",
+            "구독",
+            "--json",
+        ],
+        "",
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let second_tid = json["data"]["tid"].as_str().unwrap().to_owned();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(
+            reqwest::Client::new()
+                .post(format!("{}/_sim/faults", sim.base_url))
+                .body(r#"[{"mode":"bad_cancel_signature","api":"cancel","count":1}]"#)
+                .send(),
+        )
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let out = run(
+        &config,
+        &[
+            "refund",
+            &second_tid,
+            "--amount",
+            "5000",
+            "--reason",
+            "고객요청",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("NOT confirmed"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("refunded"), "{}", stdout(&out));
+
     let out = run(&config, &["billkey", "remove", &bid], "");
     assert!(out.status.success(), "{}", stderr(&out));
 
