@@ -6,9 +6,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nicebill::gateway::nicepay::{Charset, EdiType};
@@ -16,48 +16,17 @@ use nicebill::sim::LedgerEntry;
 use rand::{Rng, SeedableRng};
 use support::*;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nicebill"));
-    cmd.env("RUST_LOG", "warn").env_remove("NICEBILL_CONFIG");
-    cmd
+    nicebill(Some("warn"))
 }
 
 /// Starts `nicebill sim` with the given faults; returns it and its base URL.
 fn start_sim(faults: &[&str]) -> (Killed, String) {
-    let mut cmd = bin();
-    cmd.args([
-        "sim",
-        "--listen",
-        "127.0.0.1:0",
-        "--seed",
-        "11",
-        "--latency-ms",
-        "150",
-    ]);
+    let mut args = vec!["--seed", "11", "--latency-ms", "150"];
     for f in faults {
-        cmd.args(["--fault", f]);
+        args.extend(["--fault", f]);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    (Killed(child), url)
+    spawn_sim(&args)
 }
 
 fn write_config(dir: &Path, sim_url: &str, db_url: &str) -> std::path::PathBuf {

@@ -3,44 +3,19 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use nicebill::gateway::nicepay::{Charset, EdiType};
 use support::*;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nicebill"));
-    cmd.env_remove("RUST_LOG")
-        .env_remove("NICEBILL_CONFIG")
-        .env_remove("JOURNAL_STREAM");
-    cmd
+    nicebill(None)
 }
 
 fn start_sim() -> (Killed, String) {
-    let mut child = bin()
-        .args(["sim", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    (Killed(child), url)
+    spawn_sim(&[])
 }
 
 fn write_config(dir: &Path, base_url: &str, db_url: &str, key: &str) -> std::path::PathBuf {

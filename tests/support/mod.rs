@@ -163,3 +163,50 @@ pub fn kst(text: &str) -> chrono::DateTime<chrono::Utc> {
         .unwrap()
         .with_timezone(&chrono::Utc)
 }
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `nicebill` binary with `RUST_LOG` as given (`None`: unset) and nothing inherited that
+/// would change its configuration or log format.
+pub fn nicebill(rust_log: Option<&str>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nicebill"));
+    cmd.env_remove("NICEBILL_CONFIG")
+        .env_remove("JOURNAL_STREAM");
+    match rust_log {
+        Some(level) => cmd.env("RUST_LOG", level),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    cmd
+}
+
+/// `nicebill sim` on a free loopback port with `extra` arguments: the process and its base URL.
+pub fn spawn_sim(extra: &[&str]) -> (Killed, String) {
+    use std::io::BufRead;
+    let mut child = nicebill(Some("warn"))
+        .args(["sim", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nicebill sim starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("the simulator prints its address");
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|u| u.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("unexpected first line from nicebill sim: {line:?}"))
+        .to_owned();
+    (Killed(child), url)
+}
