@@ -344,3 +344,87 @@ fn the_benchmark_runs_and_charges_everything() {
         }
     }
 }
+
+/// `schedule preview` by flags (month ends, local time) and `migrate` / `auto_migrate = false`.
+#[test]
+fn schedule_preview_and_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let config = write_config(dir.path(), "http://127.0.0.1:9", &db_url, KEY);
+    let out = run(
+        &config,
+        &[
+            "schedule",
+            "preview",
+            "--anchor",
+            "2027-01-31 09:00",
+            "--interval",
+            "1month",
+            "--count",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for day in [
+        "2027-01-31 09:00:00",
+        "2027-02-28 09:00:00",
+        "2027-03-31 09:00:00",
+        "2027-04-30 09:00:00",
+    ] {
+        assert!(stdout.contains(day), "{day} missing in\n{stdout}");
+    }
+    assert!(stdout.contains("Asia/Seoul"), "{stdout}");
+    let out = run(
+        &config,
+        &[
+            "schedule",
+            "preview",
+            "--anchor",
+            "2027-01-01",
+            "--cron",
+            "0 9 1 * *",
+            "--count",
+            "2",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2027-02-01 09:00:00"),
+        "{}",
+        text(&out)
+    );
+    let out = run(
+        &config,
+        &[
+            "schedule",
+            "preview",
+            "--anchor",
+            "2027-01-01",
+            "--interval",
+            "1fortnight",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // With auto_migrate off, `run` refuses a database that is not migrated, and says how.
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_config.replace("[database]\n", "[database]\nauto_migrate = false\n"),
+    )
+    .unwrap();
+    let out = run(&config, &["run", "--once"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("nicebill migrate"), "{}", text(&out));
+    let out = run(&config, &["check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = run(&config, &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("schema up to date"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&config, &["check-config"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

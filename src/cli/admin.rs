@@ -724,10 +724,10 @@ async fn change(config_path: &Path, change: Change, args: ChangeArgs) -> Result<
             .await
             .map_err(db)?
             .map_or_else(|| "deleted".to_owned(), |r| r.status);
-        return Err(CliError::Io(std::io::Error::other(format!(
+        return Err(CliError::Failed(format!(
             "{name} changed meanwhile (from {} to {now_status}); nothing was changed: look again and retry",
             row.status
-        ))));
+        )));
     }
     if args.json {
         print_json(&Changed {

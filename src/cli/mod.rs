@@ -109,6 +109,9 @@ pub enum CliError {
     Gateway { class: Class, line: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The operation could not be done (exit 1), for a reason that is not the gateway's.
+    #[error("{0}")]
+    Failed(String),
     #[error("{0}")]
     Daemon(#[from] crate::daemon::DaemonError),
 }
@@ -121,7 +124,7 @@ impl CliError {
                 Class::Unknown | Class::Duplicate => 3,
                 _ => 1,
             },
-            CliError::Io(_) => 1,
+            CliError::Io(_) | CliError::Failed(_) => 1,
             CliError::Daemon(crate::daemon::DaemonError::Unmigrated { .. }) => 2,
             CliError::Daemon(_) => 1,
         }
