@@ -361,7 +361,10 @@ impl Config {
         e.concurrency = s.concurrency;
         e.batch = s.batch;
         e.lease = s.lease;
-        e.settle = call * 2 + s.settle_margin;
+        // Long enough that an attempt committed at t has certainly finished everywhere: sent by
+        // t + margin at the latest, in-process resends of a request that never left for up to
+        // transient_max_elapsed, and a call of at most connect + read timeout.
+        e.settle = call * 2 + s.transient_max_elapsed + s.settle_margin;
         e.transient.max_elapsed = s.transient_max_elapsed;
         e.lookup_retry.max_interval = s.lookup_max_interval;
         e.removal_retry.max_interval = s.removal_max_interval;

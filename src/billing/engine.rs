@@ -65,7 +65,8 @@ impl EngineSettings {
             batch: 16,
             lease: Duration::from_secs(30),
             policy,
-            settle: call_timeout * 2 + Duration::from_secs(60),
+            // See `Config::engine_settings`: 2 calls + in-process resends + margin.
+            settle: call_timeout * 2 + Duration::from_secs(10) + Duration::from_secs(60),
             call_timeout,
             transient: RetryPolicy::new(
                 Duration::from_millis(200),
@@ -538,11 +539,9 @@ impl Engine {
         // An attempt may be looked up by another instance from `committed_at + settle`; it must
         // be over by then, so one that waited too long is not sent at all.
         let latest_send = a.committed_at
-            + chrono_duration(
-                self.settings
-                    .settle
-                    .saturating_sub(self.settings.call_timeout * 2),
-            );
+            + chrono_duration(self.settings.settle.saturating_sub(
+                self.settings.call_timeout * 2 + self.settings.transient.max_elapsed,
+            ));
         let request = ApproveRequest {
             bid: a.valid.bid.clone(),
             tid: a.tid.clone(),
