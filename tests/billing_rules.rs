@@ -163,9 +163,25 @@ async fn bad_rows_never_stop_the_daemon() {
         for (name, column, edit) in bad {
             bad_ids.push((w.add(name, "9410123456780000", edit).await, name, column));
         }
+        // Well-formed, but NICEPAY knows no such billkey: a permanent card failure, with the
+        // gateway's code as the reason.
+        let unknown_bid = w
+            .add("unknown-bid", "9410123456780000", |r| {
+                r.bid = "BIKYnictest04m2601010000009999".into()
+            })
+            .await;
         let good2 = w.add("good-2", "9410123456780000", |_| {}).await;
         let engine = w.engine("bad-1", Policy::default());
         engine.pass().await.unwrap();
+        let (status, reason) = w.status(unknown_bid).await;
+        assert_eq!(status, "card_invalid", "{}: {reason:?}", w.label);
+        let attempt = w.store.charges(Some(unknown_bid)).await.unwrap();
+        assert_eq!(
+            (attempt.len(), attempt[0].result_code.as_deref()),
+            (1, Some("A126")),
+            "{}",
+            w.label
+        );
         assert_eq!(
             w.moids(),
             vec![format!("S{good1}-C1-A1"), format!("S{good2}-C1-A1")],
