@@ -335,8 +335,9 @@ fn schedule_label(row: &SubscriptionRow) -> String {
     }
 }
 
-/// The subscription `key` names: by external_id, or by id when it is a number.
-async fn resolve(store: &Store, key: &str) -> Result<SubscriptionRow, CliError> {
+/// The subscription `key` names: by external_id, or by id when it is a number; an unknown or
+/// ambiguous key is refused.
+pub(super) async fn resolve(store: &Store, key: &str) -> Result<SubscriptionRow, CliError> {
     let mut rows = store.subscriptions_named(key).await.map_err(db)?;
     match rows.len() {
         0 => Err(CliError::Usage(format!(

@@ -313,11 +313,7 @@ pub async fn charge_now(config_path: &Path, args: ChargeNowArgs) -> Result<(), C
     let engine = daemon::engine(&config, Arc::new(SystemClock)).await?;
     let store = engine.store().clone();
     let fail = |e: crate::storage::StoreError| CliError::Daemon(e.into());
-    let row = store
-        .find_subscription(&args.subscription)
-        .await
-        .map_err(fail)?
-        .ok_or_else(|| CliError::Usage(format!("no subscription {:?}", args.subscription)))?;
+    let row = super::admin::resolve(&store, &args.subscription).await?;
     let id = row.id;
     if row.status != "active" {
         return Err(CliError::Usage(format!(

@@ -503,33 +503,6 @@ impl Store {
         .await
     }
 
-    /// A subscription by id (digits) or by external id.
-    pub async fn find_subscription(
-        &self,
-        key: &str,
-    ) -> Result<Option<SubscriptionRow>, StoreError> {
-        let key = key.trim().to_owned();
-        self.run(move |c| {
-            let by_external = subscriptions::table
-                .filter(subscriptions::external_id.eq(&key))
-                .select(SubscriptionRow::as_select())
-                .first(c)
-                .optional()?;
-            if by_external.is_some() {
-                return Ok(by_external);
-            }
-            match key.parse::<i64>() {
-                Ok(id) => Ok(subscriptions::table
-                    .find(id)
-                    .select(SubscriptionRow::as_select())
-                    .first(c)
-                    .optional()?),
-                Err(_) => Ok(None),
-            }
-        })
-        .await
-    }
-
     /// Claims one subscription for `owner` if it is active, unclaimed (or its claim expired) and
     /// has no unresolved attempt. Returns the row when claimed.
     pub async fn claim_one(
