@@ -44,3 +44,56 @@ impl Clock for ManualClock {
 }
 
 pub type SharedClock = Arc<dyn Clock>;
+
+/// The database's clock, read through this host's monotonic clock: every instance on one
+/// database judges leases and settle windows on the same time, and no jump of this host's wall
+/// clock (NTP, a wrong setting) moves it. Re-synchronised with the database once per pass.
+#[derive(Debug)]
+pub struct DbClock {
+    state: Mutex<DbClockState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DbClockState {
+    /// The database's time at `at` on this host's monotonic clock.
+    db: DateTime<Utc>,
+    at: std::time::Instant,
+    /// The latest time handed out: the clock never runs backwards.
+    last: DateTime<Utc>,
+}
+
+impl DbClock {
+    /// A clock from one reading of the database's time, taken between `sent` and `received`.
+    pub fn new(db: DateTime<Utc>, sent: std::time::Instant, received: std::time::Instant) -> Self {
+        let at = midpoint(sent, received);
+        Self {
+            state: Mutex::new(DbClockState { db, at, last: db }),
+        }
+    }
+
+    /// Takes a new reading.
+    pub fn sync(&self, db: DateTime<Utc>, sent: std::time::Instant, received: std::time::Instant) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.db = db;
+        s.at = midpoint(sent, received);
+    }
+
+    /// How far this host's wall clock is from the database's (positive: this host is ahead).
+    pub fn host_skew(&self) -> Duration {
+        Utc::now() - self.now()
+    }
+}
+
+fn midpoint(sent: std::time::Instant, received: std::time::Instant) -> std::time::Instant {
+    sent + received.saturating_duration_since(sent) / 2
+}
+
+impl Clock for DbClock {
+    fn now(&self) -> DateTime<Utc> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = Duration::from_std(s.at.elapsed()).unwrap_or(Duration::zero());
+        let now = s.db.checked_add_signed(elapsed).unwrap_or(s.db).max(s.last);
+        s.last = now;
+        now
+    }
+}

@@ -91,6 +91,7 @@ struct RawRetry {
     lookup_max_interval: Option<String>,
     removal_max_interval: Option<String>,
     throttle_pause: Option<String>,
+    late_check_after: Option<String>,
 }
 
 /// `[health]` as written in the file.
@@ -206,6 +207,7 @@ pub struct SchedulerConfig {
     pub lookup_max_interval: Duration,
     pub removal_max_interval: Duration,
     pub throttle_pause: Duration,
+    pub late_check_after: Duration,
 }
 
 /// The validated configuration.
@@ -369,6 +371,7 @@ impl Config {
         e.lookup_retry.max_interval = s.lookup_max_interval;
         e.removal_retry.max_interval = s.removal_max_interval;
         e.throttle_pause = s.throttle_pause;
+        e.late_check_after = s.late_check_after;
         e
     }
 }
@@ -515,6 +518,11 @@ fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy
             "retry.throttle_pause",
             &r.throttle_pause,
             Duration::from_secs(5),
+        )?,
+        late_check_after: duration_key(
+            "retry.late_check_after",
+            &r.late_check_after,
+            Duration::from_secs(24 * 3600),
         )?,
     };
     Ok((scheduler, policy))

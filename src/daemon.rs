@@ -13,11 +13,11 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Utc};
 
 use crate::billing::engine::{Engine, EngineError, EngineSettings, PassReport};
-use crate::clock::SharedClock;
+use crate::clock::{DbClock, SharedClock};
 use crate::config::Config;
 use crate::gateway::nicepay::NicepayClient;
 use crate::health::{self, Health, Observation};
-use crate::storage::{Store, StoreError};
+use crate::storage::{HealthFigures, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -69,23 +69,61 @@ pub async fn open_store(config: &Config) -> Result<Store, DaemonError> {
     Ok(store)
 }
 
-/// Builds the engine from the configuration.
-pub async fn engine(config: &Config, clock: SharedClock) -> Result<Engine, DaemonError> {
+/// Which clock the engine runs on.
+pub enum TimeSource {
+    /// The database's (in service): one time for every instance on the database.
+    Database,
+    /// A given clock (tests, the demo).
+    Given(SharedClock),
+}
+
+/// Reads the database's time once and keeps `clock` in step with it.
+pub async fn sync_clock(store: &Store, clock: &DbClock) -> Result<(), StoreError> {
+    let sent = std::time::Instant::now();
+    let db = store.database_time().await?;
+    clock.sync(db, sent, std::time::Instant::now());
+    Ok(())
+}
+
+/// Builds the engine from the configuration; with its database clock when it has one.
+pub async fn engine(
+    config: &Config,
+    time: TimeSource,
+) -> Result<(Engine, Option<Arc<DbClock>>), DaemonError> {
     let store = open_store(config).await?;
+    let (clock, db_clock): (SharedClock, _) = match time {
+        TimeSource::Given(clock) => (clock, None),
+        TimeSource::Database => {
+            let sent = std::time::Instant::now();
+            let db = store.database_time().await?;
+            let clock = Arc::new(DbClock::new(db, sent, std::time::Instant::now()));
+            let skew = clock.host_skew();
+            if skew.num_seconds().abs() >= 5 {
+                tracing::warn!(
+                    skew_ms = skew.num_milliseconds(),
+                    "this host's clock differs from the database's; nicebill runs on the database's"
+                );
+            }
+            (clock.clone(), Some(clock))
+        }
+    };
     let client = NicepayClient::new(config.nicepay.clone(), clock.clone())
         .map_err(|e| DaemonError::Client(e.to_string()))?;
     let settings = config.engine_settings(EngineSettings::default_owner());
-    Ok(Engine::new(store, Arc::new(client), clock, settings))
+    Ok((
+        Engine::new(store, Arc::new(client), clock, settings),
+        db_clock,
+    ))
 }
 
 /// Runs the daemon until `shutdown` resolves (or, with `once`, until nothing is due).
 pub async fn run(
     config: Config,
-    clock: SharedClock,
+    time: TimeSource,
     once: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<PassReport, DaemonError> {
-    let engine = engine(&config, clock).await?;
+    let (engine, db_clock) = engine(&config, time).await?;
     tracing::info!(
         database = %engine.store().url(),
         owner = %engine.settings().owner,
@@ -95,7 +133,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let stopper = engine.clone();
     if once {
-        let work = run_once(&engine);
+        let work = run_once(&engine, db_clock.as_deref());
         tokio::pin!(work);
         return tokio::select! {
             result = &mut work => result,
@@ -156,6 +194,11 @@ pub async fn run(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
             () = tick.notified() => {
+                if let Some(clock) = &db_clock
+                    && let Err(e) = sync_clock(engine.store(), clock).await
+                {
+                    tracing::warn!("could not read the database's clock: {e}");
+                }
                 let pass = engine.pass();
                 tokio::pin!(pass);
                 // A signal during a pass stops claiming; what was sent finishes and is recorded.
@@ -199,18 +242,21 @@ pub async fn run(
 
 /// Passes until nothing is due now and nothing is unresolved; waits (in real time) for
 /// attempts that cannot be concluded yet.
-async fn run_once(engine: &Engine) -> Result<PassReport, DaemonError> {
+async fn run_once(engine: &Engine, db_clock: Option<&DbClock>) -> Result<PassReport, DaemonError> {
     let mut total = engine.resolve_left_in_flight().await?;
     let deadline =
         tokio::time::Instant::now() + engine.settings().settle * 3 + engine.settings().lease;
     loop {
+        if let Some(clock) = db_clock {
+            sync_clock(engine.store(), clock).await?;
+        }
         let report = engine.pass().await?;
         total.merge(&report);
         if report.attempts > 0 {
             continue;
         }
         let unresolved = engine.store().unresolved().await?;
-        let now = chrono::Utc::now();
+        let now = engine.now();
         // Due subscriptions still claimed by an instance that died: wait for the lease.
         let claimed_until = engine.store().due_claims_expire(now).await?;
         // A cycle found not charged (never sent, or proven never approved; by this run or a
@@ -281,17 +327,24 @@ impl HealthWriter {
         let now = engine.now();
         let stats = engine.stats();
         let figures = engine.store().health_figures(now).await;
-        let (database_error, (due_backlog, in_flight, oldest)) = match figures {
+        let (database_error, figures) = match figures {
             // A pass fails only on the database (`EngineError` has no other kind).
             Ok(f) => (pass_error, f),
-            Err(e) => (Some(e.to_string()), (0, 0, None)),
+            Err(e) => (Some(e.to_string()), HealthFigures::default()),
         };
+        let HealthFigures {
+            due: due_backlog,
+            unresolved: in_flight,
+            oldest_unresolved: oldest,
+            doubles: double_charges,
+        } = figures;
         let observation = Observation {
             database_error: database_error.clone(),
             gateway_failures: stats.gateway_failures_in_a_row.load(Ordering::Relaxed),
             due_backlog,
             in_flight,
             oldest_unresolved_age_secs: oldest.map(|t| (now - t).num_seconds().max(0) as u64),
+            double_charges,
         };
         let (status, reason) = health::assess(&observation);
         let last_success = stats.gateway_last_success.load(Ordering::Relaxed);
@@ -317,6 +370,7 @@ impl HealthWriter {
             due_backlog,
             in_flight,
             oldest_unresolved_age_secs: observation.oldest_unresolved_age_secs,
+            double_charges: observation.double_charges,
             counters: health::Counters::from_stats(stats),
         };
         let write = |path: &std::path::Path, content: Vec<u8>| {

@@ -84,6 +84,9 @@ pub struct Health {
     /// Attempts whose outcome is not settled yet (`pending` or `unknown`).
     pub in_flight: u64,
     pub oldest_unresolved_age_secs: Option<u64>,
+    /// Cycles found charged twice (`nicebill charges doubles`); degraded while any exist.
+    #[serde(default)]
+    pub double_charges: u64,
     pub counters: Counters,
 }
 
@@ -99,6 +102,7 @@ pub struct Observation {
     pub due_backlog: u64,
     pub in_flight: u64,
     pub oldest_unresolved_age_secs: Option<u64>,
+    pub double_charges: u64,
 }
 
 /// Decides the status: the database down is failing; the gateway failing repeatedly or an
@@ -111,6 +115,15 @@ pub fn assess(o: &Observation) -> (Status, String) {
         return (
             Status::Degraded,
             format!("{} NICEPAY calls in a row failed", o.gateway_failures),
+        );
+    }
+    if o.double_charges > 0 {
+        return (
+            Status::Degraded,
+            format!(
+                "{} double charge(s) found; see `nicebill charges doubles`",
+                o.double_charges
+            ),
         );
     }
     if let Some(age) = o.oldest_unresolved_age_secs
@@ -207,6 +220,12 @@ pub fn prometheus(h: &Health) -> String {
         "Attempts not yet settled.",
         "gauge",
         h.in_flight.to_string(),
+    );
+    metric(
+        "double_charges",
+        "Cycles found charged twice (refund one of each; `nicebill charges doubles`).",
+        "gauge",
+        h.double_charges.to_string(),
     );
     metric(
         "oldest_unresolved_age_seconds",
@@ -306,6 +325,7 @@ mod tests {
             due_backlog: 0,
             in_flight: 0,
             oldest_unresolved_age_secs: None,
+            double_charges: 0,
             counters: Counters::default(),
         }
     }
@@ -318,9 +338,17 @@ mod tests {
             due_backlog: 0,
             in_flight: 0,
             oldest_unresolved_age_secs: None,
+            double_charges: 0,
         };
         let cases = [
             (base.clone(), Status::Ok),
+            (
+                Observation {
+                    double_charges: 1,
+                    ..base.clone()
+                },
+                Status::Degraded,
+            ),
             (
                 Observation {
                     gateway_failures: 2,

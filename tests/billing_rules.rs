@@ -245,6 +245,9 @@ async fn three_instances_share_the_work() {
             s.batch = 4;
             engines.push(Engine::new(store, client, Arc::new(w.clock.clone()), s));
         }
+        // The new rows are noticed first (by one instance: the others skip what it has locked),
+        // so that the three passes below compete for the same claims.
+        w.store.notice(w.clock_now()).await.unwrap();
         let (a, b, c) = tokio::join!(engines[0].pass(), engines[1].pass(), engines[2].pass());
         let reports = [a.unwrap(), b.unwrap(), c.unwrap()];
         let moids = w.moids();

@@ -1215,7 +1215,9 @@ async fn three_instances(scale: &Scale, db: TestDb) {
     let n = scale.instance_charges;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (_sim, url) = start_sim(10, &[], None);
+    // Answers slow enough that one instance alone needs several ticks: new rows are noticed
+    // by one instance, and the others join at their next tick.
+    let (_sim, url) = start_sim(40, &[], None);
     let bids = issue_billkeys(&client_at(&url), &card_numbers(4, n), &format!("t-{label}")).await;
 
     let names = ["one", "two", "three"];

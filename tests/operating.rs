@@ -141,6 +141,14 @@ async fn health_logs_check_config_and_charge_now() {
                 .contains("charge attempt")
         })
         .await;
+        // The log line comes before the outcome's commit: wait for the commit.
+        for _ in 0..100 {
+            let charges = db.store.charges(Some(id)).await.unwrap();
+            if charges.iter().any(|c| c.state == "approved") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let prom = std::fs::read_to_string(dir.path().join("nicebill.prom")).unwrap();
         assert!(prom.contains("nicebill_status 0"), "{label}: {prom}");
         drop(daemon);

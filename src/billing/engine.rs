@@ -18,16 +18,19 @@ use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use super::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
 use super::plan::{self, Advance, Decision, Policy, Position, Settled, Valid};
 use crate::clock::SharedClock;
 use crate::domain::{Bid, Moid, Tid};
 use crate::gateway::nicepay::{
-    Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState,
+    Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState, TxStatus,
 };
 use crate::retry::{Attempt, RetryPolicy, retry};
-use crate::storage::models::SubscriptionRow;
+use crate::storage::models::ChargeRow;
+use crate::storage::recording::LateRecorded;
 use crate::storage::{
-    Bookkeeping, ChargeResult, Event, Outcome, Reschedule, StartAttempt, Store, StoreError,
+    Bookkeeping, ChargeResult, Claimed, Event, LateFinding, Outcome, Reschedule, StartAttempt,
+    Store, StoreError, later,
 };
 
 /// How the engine behaves; built from `[scheduler]` and `[retry]`.
@@ -55,6 +58,33 @@ pub struct EngineSettings {
     pub removal_retry: RetryPolicy,
     /// How long to stop sending after NICEPAY signals overload.
     pub throttle_pause: Duration,
+    /// After a "not found" conclusion, look the attempt up once more this much later: an
+    /// approval found then is recorded (and a double charge, if its cycle was charged again).
+    pub late_check_after: Duration,
+    /// Hooks for tests that must stop the engine at a precise point.
+    #[doc(hidden)]
+    pub hooks: Hooks,
+}
+
+/// Points where a test can hold the engine (a deterministic race needs one instance stalled
+/// between its claim and its commit). Empty in service.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Awaited after a batch of subscriptions is claimed, before its attempts are committed.
+    pub after_claim: Option<Arc<dyn Fn() -> futures_hook::Hook + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("after_claim", &self.after_claim.is_some())
+            .finish()
+    }
+}
+
+/// The future a hook returns.
+pub mod futures_hook {
+    pub type Hook = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 impl EngineSettings {
@@ -84,6 +114,8 @@ impl EngineSettings {
                 Duration::ZERO,
             ),
             throttle_pause: Duration::from_secs(5),
+            late_check_after: Duration::from_secs(24 * 3600),
+            hooks: Hooks::default(),
         }
     }
 
@@ -116,6 +148,10 @@ pub struct Stats {
     pub unresolved: AtomicU64,
     pub removed: AtomicU64,
     pub invalid: AtomicU64,
+    /// Double charges found by late lookups.
+    pub doubles: AtomicU64,
+    /// Approvals found by late lookups (concluded not charged before).
+    pub approved_late: AtomicU64,
     pub gateway_failures_in_a_row: AtomicU64,
     /// Claims of due subscriptions: how many, and their total and longest duration (ns).
     pub claims: AtomicU64,
@@ -139,6 +175,8 @@ pub struct PassReport {
     pub removed: usize,
     pub invalid: usize,
     pub skipped_cycles: usize,
+    pub late_checked: usize,
+    pub doubles: usize,
 }
 
 impl PassReport {
@@ -154,6 +192,8 @@ impl PassReport {
         self.removed += other.removed;
         self.invalid += other.invalid;
         self.skipped_cycles += other.skipped_cycles;
+        self.late_checked += other.late_checked;
+        self.doubles += other.doubles;
     }
 }
 
@@ -172,7 +212,7 @@ pub struct Engine {
 /// One attempt on its way: what is needed to send it and to settle it.
 struct InFlight {
     valid: Arc<Valid>,
-    charge_id: i64,
+    charge_id: ChargeId,
     cycle: u32,
     due_at: DateTime<Utc>,
     attempt: u32,
@@ -180,6 +220,9 @@ struct InFlight {
     moid: Moid,
     tid: Tid,
     committed_at: DateTime<Utc>,
+    /// The same moment on this host's monotonic clock (taken before the commit began): how
+    /// long the attempt has waited is judged on it, never on a wall clock that may jump.
+    committed: Instant,
 }
 
 impl Engine {
@@ -244,10 +287,11 @@ impl Engine {
         let noticed = self.store.notice(now).await?;
         report.invalid += noticed.invalid.len();
         for (id, reason) in &noticed.invalid {
-            tracing::error!(subscription = id, %reason, "subscription marked invalid");
+            tracing::error!(subscription = id.0, %reason, "subscription marked invalid");
         }
         report.merge(&self.resolve_unresolved().await?);
         report.merge(&self.charge_due().await?);
+        report.merge(&self.check_late().await?);
         report.merge(&self.remove_billkeys().await?);
         Ok(report)
     }
@@ -257,10 +301,10 @@ impl Engine {
     /// `nicebill charge-now`: charges the subscription's current cycle now if it is due,
     /// skipping a dunning wait, under the same rules as a pass (committed before sent, looked
     /// up when the answer is lost). `row` must be claimed by this engine's owner.
-    pub async fn charge_now(&self, mut row: SubscriptionRow) -> Result<ChargeNow, EngineError> {
+    pub async fn charge_now(&self, mut row: Claimed) -> Result<ChargeNow, EngineError> {
         let now = self.clock.now();
         // Skip a dunning wait: the cycle's own due time decides.
-        row.next_charge_at = None;
+        row.state.next_charge_at = None;
         let mut report = PassReport::default();
         let mut in_flight = self.start(vec![row], now, &mut report).await?;
         let Some(attempt) = in_flight.pop() else {
@@ -268,7 +312,7 @@ impl Engine {
         };
         let (tid, moid, cycle) = (attempt.tid.clone(), attempt.moid.clone(), attempt.cycle);
         let (outcome, settledness) = self.send(attempt).await;
-        let state = outcome.result.state.clone();
+        let state = outcome.result.state;
         let code = outcome.result.result_code.clone();
         let msg = outcome
             .result
@@ -325,6 +369,11 @@ impl Engine {
                     .store
                     .claim_due(&s.owner, now, s.lease, s.batch)
                     .await?;
+                if let Some(hook) = &s.hooks.after_claim
+                    && !rows.is_empty()
+                {
+                    hook().await;
+                }
                 let nanos = timer.elapsed().as_nanos() as u64;
                 self.stats.claims.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -378,7 +427,7 @@ impl Engine {
     /// Plans claimed rows; commits the attempts (and the non-charging decisions).
     async fn start(
         &self,
-        rows: Vec<SubscriptionRow>,
+        rows: Vec<Claimed>,
         now: DateTime<Utc>,
         report: &mut PassReport,
     ) -> Result<Vec<InFlight>, EngineError> {
@@ -386,36 +435,55 @@ impl Engine {
         let mut starts = Vec::new();
         let mut planned = Vec::new();
         let mut reschedules = Vec::new();
-        for row in rows {
-            let (decision, valid) = plan::decide(&row, now, &s.policy);
-            let id = row.id;
+        for claimed in rows {
+            let id = claimed.id;
+            let state = &claimed.state;
+            let valid = claimed
+                .row
+                .clone()
+                .and_then(|row| plan::validate(&row, &s.policy));
+            let (decision, valid) = match valid {
+                Ok(v) => (plan::decide(&v, state, now, &s.policy), Some(v)),
+                Err(e) => (
+                    Decision::Invalid {
+                        reason: e.to_string(),
+                    },
+                    None,
+                ),
+            };
+            let current_cycle = state.next_cycle.unwrap_or(1);
             let keep = |cycle: u32, at: Option<DateTime<Utc>>| Bookkeeping {
-                next_cycle: cycle as i32,
+                next_cycle: cycle,
                 next_charge_at: at,
-                cycle_attempts: row.cycle_attempts,
-                cycle_declines: row.cycle_declines,
+                cycle_attempts: state.cycle_attempts,
+                cycle_declines: state.cycle_declines,
                 status: None,
             };
             let skipped_events = |skipped: &[(u32, DateTime<Utc>)], why: &str| -> Vec<Event> {
                 skipped
                     .iter()
                     .map(|(c, at)| {
-                        Event::sub(id, "cycle_skipped", format!("cycle {c} due {at}: {why}"))
+                        Event::sub(
+                            id,
+                            EventKind::CycleSkipped,
+                            format!("cycle {c} due {at}: {why}"),
+                        )
                     })
                     .collect()
             };
             match decision {
                 Decision::Invalid { reason } => {
-                    tracing::error!(subscription = id, external_id = %row.external_id, %reason, "subscription row is invalid; not charged");
+                    tracing::error!(subscription = id.0, %reason, "subscription row is invalid; not charged");
                     report.invalid += 1;
                     self.stats.invalid.fetch_add(1, Ordering::Relaxed);
                     reschedules.push(Reschedule {
                         subscription_id: id,
                         bookkeeping: Bookkeeping {
-                            status: Some(("invalid".into(), reason.clone())),
-                            ..keep(row.next_cycle.unwrap_or(1).max(1) as u32, None)
+                            status: Some((SubscriptionStatus::Invalid, reason.clone())),
+                            ..keep(current_cycle, state.next_charge_at)
                         },
-                        events: vec![Event::sub(id, "invalid", reason)],
+                        consumed_pause: None,
+                        events: vec![Event::sub(id, EventKind::Invalid, reason)],
                         remove_billkey: None,
                     });
                 }
@@ -424,15 +492,16 @@ impl Engine {
                     let mut events = skipped_events(&skipped, "paused");
                     events.push(Event::sub(
                         id,
-                        "ended",
+                        EventKind::Ended,
                         "no cycle left (max_cycles or ends_at)",
                     ));
                     reschedules.push(Reschedule {
                         subscription_id: id,
                         bookkeeping: Bookkeeping {
-                            status: Some(("ended".into(), "no cycle left".into())),
-                            ..keep(row.next_cycle.unwrap_or(1).max(1) as u32, None)
+                            status: Some((SubscriptionStatus::Ended, "no cycle left".into())),
+                            ..keep(current_cycle, None)
                         },
+                        consumed_pause: state.paused_since,
                         events,
                         remove_billkey: None,
                     });
@@ -443,11 +512,12 @@ impl Engine {
                     reschedules.push(Reschedule {
                         subscription_id: id,
                         bookkeeping: Bookkeeping {
-                            status: Some(("cancelled".into(), reason.clone())),
+                            status: Some((SubscriptionStatus::Cancelled, reason.clone())),
                             ..keep(cycle, None)
                         },
-                        events: vec![Event::sub(id, "cancelled", reason)],
-                        remove_billkey: Some(row.bid.clone()),
+                        consumed_pause: None,
+                        events: vec![Event::sub(id, EventKind::Cancelled, reason)],
+                        remove_billkey: valid.as_ref().map(|v| v.bid.to_string()),
                     });
                 }
                 Decision::Wait {
@@ -457,10 +527,23 @@ impl Engine {
                     reason,
                 } => {
                     report.skipped_cycles += skipped.len();
+                    let consumed_pause = if reason == Some("paused") {
+                        state.paused_since
+                    } else {
+                        None
+                    };
+                    let events = skipped_events(&skipped, reason.unwrap_or("catch-up"));
+                    // A new cycle starts its count afresh.
+                    let mut bookkeeping = keep(next_cycle, Some(next_charge_at));
+                    if Some(next_cycle) != state.next_cycle {
+                        bookkeeping.cycle_attempts = 0;
+                        bookkeeping.cycle_declines = 0;
+                    }
                     reschedules.push(Reschedule {
                         subscription_id: id,
-                        bookkeeping: keep(next_cycle, Some(next_charge_at)),
-                        events: skipped_events(&skipped, reason.unwrap_or("catch-up")),
+                        bookkeeping,
+                        consumed_pause,
+                        events,
                         remove_billkey: None,
                     });
                 }
@@ -473,19 +556,20 @@ impl Engine {
                 } => {
                     let Some(valid) = valid else { continue };
                     report.skipped_cycles += skipped.len();
-                    let prior_declines = if row.next_cycle == Some(cycle as i32) {
-                        row.cycle_declines.max(0) as u32
+                    let prior_declines = if state.next_cycle == Some(cycle) {
+                        state.cycle_declines
                     } else {
                         0
                     };
                     starts.push(StartAttempt {
                         subscription_id: id,
-                        cycle: cycle as i32,
-                        attempt: attempt as i32,
+                        cycle,
+                        attempt,
                         moid: moid.to_string(),
                         amount: valid.amount.value(),
+                        bid: valid.bid.to_string(),
                         due_at,
-                        check_after: now + chrono_duration(s.settle),
+                        check_after: later(now, s.settle),
                         events: skipped_events(
                             &skipped,
                             "catch-up policy charges only the latest due cycle",
@@ -509,6 +593,8 @@ impl Engine {
             return Ok(Vec::new());
         }
         let client = Arc::clone(&self.client);
+        // Taken before the commit begins: the database's commit time is no earlier.
+        let committed = Instant::now();
         let started = self
             .store
             .start_attempts(&s.owner, now, starts, move || client.new_tid().to_string())
@@ -527,6 +613,7 @@ impl Engine {
                 moid,
                 tid,
                 committed_at: now,
+                committed,
             });
         }
         Ok(in_flight)
@@ -537,11 +624,14 @@ impl Engine {
         let started = Instant::now();
         self.wait_if_throttled().await;
         // An attempt may be looked up by another instance from `committed_at + settle`; it must
-        // be over by then, so one that waited too long is not sent at all.
-        let latest_send = a.committed_at
-            + chrono_duration(self.settings.settle.saturating_sub(
-                self.settings.call_timeout * 2 + self.settings.transient.max_elapsed,
-            ));
+        // be over by then, so one that waited too long is not sent at all. Waiting is measured
+        // on the monotonic clock from before the commit: no wall-clock jump can stretch it.
+        let send_window = self.settings.settle.saturating_sub(
+            self.settings
+                .call_timeout
+                .saturating_mul(2)
+                .saturating_add(self.settings.transient.max_elapsed),
+        );
         let request = ApproveRequest {
             bid: a.valid.bid.clone(),
             tid: a.tid.clone(),
@@ -562,7 +652,7 @@ impl Engine {
         };
         let result = if self.stopping() {
             not_sent("shutting down")
-        } else if self.clock.now() > latest_send {
+        } else if a.committed.elapsed() > send_window {
             not_sent("the attempt waited too long for a free slot")
         } else {
             let client = &self.client;
@@ -590,8 +680,7 @@ impl Engine {
                 // Ambiguous: the status lookup decides, now if it can.
                 let first = describe(&result);
                 self.resolve(
-                    &a.valid,
-                    &charge_facts(&a, self.settings.settle),
+                    &charge_facts(&a, self.settings.settle, class == Class::Duplicate),
                     0,
                     Some(first),
                 )
@@ -603,7 +692,7 @@ impl Engine {
             Err(e) => (String::new(), e.to_string()),
         };
         tracing::info!(
-            subscription = a.valid.id,
+            subscription = a.valid.id.0,
             external_id = %a.valid.external_id,
             cycle = a.cycle,
             attempt = a.attempt,
@@ -628,9 +717,8 @@ impl Engine {
         result: &Result<Reply<Approval>, CallError>,
     ) -> (Outcome, Settledness) {
         let mut r = ChargeResult {
-            state: state_of(settled).into(),
             error_class: Some(class_of(result).as_str().into()),
-            ..ChargeResult::default()
+            ..ChargeResult::new(state_of(settled))
         };
         match result {
             Ok(reply) => {
@@ -644,16 +732,15 @@ impl Engine {
             }
             Err(e) => r.error = Some(e.to_string()),
         }
-        let facts = charge_facts(a, self.settings.settle);
-        self.outcome_for(&a.valid, &facts, settled, r)
+        let facts = charge_facts(a, self.settings.settle, false);
+        self.outcome_for(&facts, settled, r)
     }
 
     fn outcome_for(
         &self,
-        valid: &Valid,
         f: &ChargeFacts,
         settled: Settled,
-        result: ChargeResult,
+        mut result: ChargeResult,
     ) -> (Outcome, Settledness) {
         let now = self.clock.now();
         let declines = f.prior_declines + u32::from(settled == Settled::Declined);
@@ -664,20 +751,34 @@ impl Engine {
             declines,
         };
         let adv: Advance = plan::advance(
-            &valid.schedule,
+            f.valid.as_ref().map(|v| &v.schedule),
             position,
             settled,
             now,
             &self.settings.policy,
         );
         let mut events = Vec::new();
-        let id = valid.id;
+        let id = f.subscription_id;
+        let what = |result: &ChargeResult| {
+            format!(
+                "cycle {} attempt {}: {} {}{}",
+                f.cycle,
+                f.attempt,
+                result.result_code.as_deref().unwrap_or("-"),
+                result.result_msg.as_deref().unwrap_or(""),
+                result
+                    .error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )
+        };
         // An approval is recorded in `charges`; the event log is for what needs a reason.
-        match settled {
-            Settled::Approved => {}
-            Settled::Declined => events.push(Event::sub(
+        match (settled, result.state) {
+            (Settled::Approved, _) => {}
+            (Settled::Declined, _) => events.push(Event::sub(
                 id,
-                "declined",
+                EventKind::Declined,
                 format!(
                     "cycle {} attempt {}: {} {}; {}",
                     f.cycle,
@@ -690,47 +791,55 @@ impl Engine {
                     }
                 ),
             )),
-            Settled::PermanentCard | Settled::RequestError | Settled::NotCharged => {
-                events.push(Event::sub(
-                    id,
-                    state_of(settled),
-                    format!(
-                        "cycle {} attempt {}: {} {}{}",
-                        f.cycle,
-                        f.attempt,
-                        result.result_code.as_deref().unwrap_or("-"),
-                        result.result_msg.as_deref().unwrap_or(""),
-                        result
-                            .error
-                            .as_deref()
-                            .map(|e| format!(" ({e})"))
-                            .unwrap_or_default()
-                    ),
-                ))
+            (_, ChargeState::Cancelled) => events.push(Event::sub(
+                id,
+                EventKind::ChargeCancelled,
+                format!("{}; not approved now, the cycle stays due", what(&result)),
+            )),
+            (Settled::PermanentCard, _) => {
+                events.push(Event::sub(id, EventKind::CardInvalid, what(&result)))
+            }
+            (Settled::RequestError, _) => {
+                events.push(Event::sub(id, EventKind::RequestError, what(&result)))
+            }
+            (Settled::NotCharged, _) => {
+                events.push(Event::sub(id, EventKind::NotCharged, what(&result)))
             }
         }
         if settled == Settled::RequestError {
-            tracing::error!(subscription = id, tid = %f.tid, code = ?result.result_code, error = ?result.error, "NICEPAY refused the request as malformed; check configuration");
+            tracing::error!(subscription = id.0, tid = %f.tid, code = ?result.result_code, error = ?result.error, "NICEPAY refused the request as malformed; check configuration");
+        }
+        if result.state == ChargeState::Cancelled {
+            tracing::warn!(subscription = id.0, tid = %f.tid, cycle = f.cycle, "status lookup: approved, then cancelled; the cycle stays due");
         }
         let remove_billkey = match &adv.status {
             Some((status, reason)) => {
-                events.push(Event::sub(id, status_event(status), reason.clone()));
-                (*status == "cancelled").then(|| valid.bid.to_string())
+                events.push(Event::sub(
+                    id,
+                    EventKind::of_status(*status),
+                    reason.clone(),
+                ));
+                (*status == SubscriptionStatus::Cancelled)
+                    .then(|| f.bid.clone())
+                    .flatten()
             }
             None => None,
         };
+        if result.state == ChargeState::NotCharged && result.late_check_at.is_none() {
+            result.late_check_at = None;
+        }
         let bookkeeping = Bookkeeping {
-            next_cycle: adv.next_cycle as i32,
+            next_cycle: adv.next_cycle,
             next_charge_at: adv.next_charge_at,
-            cycle_attempts: adv.cycle_attempts as i32,
-            cycle_declines: adv.cycle_declines as i32,
-            status: adv.status.map(|(s, r)| (s.to_owned(), r)),
+            cycle_attempts: adv.cycle_attempts,
+            cycle_declines: adv.cycle_declines,
+            status: adv.status,
         };
         (
             Outcome {
                 charge_id: f.charge_id,
                 subscription_id: id,
-                cycle: f.cycle as i32,
+                cycle: f.cycle,
                 result,
                 bookkeeping: Some(bookkeeping),
                 events,
@@ -744,13 +853,128 @@ impl Engine {
     /// with the time of the next lookup.
     async fn resolve(
         &self,
-        valid: &Valid,
         f: &ChargeFacts,
         lookups: i32,
         first_error: Option<String>,
     ) -> (Outcome, Settledness) {
+        let looked = self.look_up_tid(&f.tid).await;
+        let now = self.clock.now();
+        let lookups = lookups + 1;
+        let unresolved = |check_after: DateTime<Utc>, why: String| {
+            (
+                Outcome {
+                    charge_id: f.charge_id,
+                    subscription_id: f.subscription_id,
+                    cycle: f.cycle,
+                    result: ChargeResult {
+                        error_class: Some(Class::Unknown.as_str().into()),
+                        // The first error stays; the latest note goes to result_msg.
+                        error: first_error.clone(),
+                        result_msg: Some(bounded(&why)),
+                        check_after: Some(check_after),
+                        lookups,
+                        ..ChargeResult::new(ChargeState::Unknown)
+                    },
+                    bookkeeping: None,
+                    events: vec![],
+                    remove_billkey: None,
+                },
+                Settledness::Unresolved,
+            )
+        };
+        let status = match looked {
+            Ok(status) => status,
+            Err(e) => {
+                let delay = self.settings.lookup_retry.delay(lookups.max(1) as u32 - 1);
+                return unresolved(later(now, delay), format!("status lookup failed: {e}"));
+            }
+        };
+        let verdict = match status.state {
+            TxState::NotFound => None,
+            TxState::Approved | TxState::Cancelled => Some(verify(&status, &f.moid, f.amount)),
+        };
+        match (status.state, verdict) {
+            (_, Some(LookupMatch::Different(what))) => {
+                // The TID is another transaction's: ours was refused under it, so it was not
+                // charged. A new attempt gets a new TID.
+                tracing::error!(subscription = f.subscription_id.0, tid = %f.tid, %what, "status lookup answered for another transaction; this attempt was not charged");
+                let result = ChargeResult {
+                    result_msg: Some(bounded(&format!(
+                        "the TID belongs to another transaction ({what}); not charged under it"
+                    ))),
+                    error_class: Some(Class::Unknown.as_str().into()),
+                    error: first_error,
+                    lookups,
+                    ..ChargeResult::new(ChargeState::NotCharged)
+                };
+                let (mut outcome, settledness) = self.outcome_for(f, Settled::NotCharged, result);
+                outcome.events.push(Event::sub(
+                    f.subscription_id,
+                    EventKind::LookupMismatch,
+                    format!("TID {}: {what}", f.tid),
+                ));
+                (outcome, settledness)
+            }
+            (_, Some(LookupMatch::Unverifiable)) if f.duplicate => {
+                // A duplicate-TID answer counts only when the lookup proves the transaction is
+                // ours; this one cannot. Looked up again later; an operator is told.
+                tracing::error!(subscription = f.subscription_id.0, tid = %f.tid, "duplicate TID, and the status lookup does not say whose transaction it is; left unresolved");
+                let delay = self.settings.lookup_retry.delay(lookups.max(1) as u32 - 1);
+                unresolved(
+                    later(now, delay),
+                    "duplicate TID; the lookup carries no Moid/amount to prove it is ours".into(),
+                )
+            }
+            (TxState::Approved, _) => {
+                let result = ChargeResult {
+                    result_code: Some("3001".into()),
+                    result_msg: Some("approved (found by status lookup)".into()),
+                    auth_code: status.auth_code,
+                    auth_date: status.auth_date,
+                    error_class: Some(Class::Approved.as_str().into()),
+                    error: first_error,
+                    lookups,
+                    ..ChargeResult::new(ChargeState::Approved)
+                };
+                self.outcome_for(f, Settled::Approved, result)
+            }
+            (TxState::Cancelled, _) => {
+                // Approved once, cancelled since: not approved now. The cycle stays due.
+                let result = ChargeResult {
+                    result_msg: Some("approved, then cancelled (status lookup)".into()),
+                    auth_code: status.auth_code,
+                    auth_date: status.auth_date,
+                    error_class: Some(Class::Unknown.as_str().into()),
+                    error: first_error,
+                    lookups,
+                    ..ChargeResult::new(ChargeState::Cancelled)
+                };
+                self.outcome_for(f, Settled::NotCharged, result)
+            }
+            (TxState::NotFound, _) if now >= f.settles_at => {
+                let result = ChargeResult {
+                    result_msg: Some(
+                        "no approved transaction with this TID (status lookup)".into(),
+                    ),
+                    error_class: Some(Class::Unknown.as_str().into()),
+                    error: first_error,
+                    lookups,
+                    // Looked up once more later: an approval that lands late is found then.
+                    late_check_at: Some(later(now, self.settings.late_check_after)),
+                    ..ChargeResult::new(ChargeState::NotCharged)
+                };
+                self.outcome_for(f, Settled::NotCharged, result)
+            }
+            (TxState::NotFound, _) => unresolved(
+                f.settles_at,
+                "not found yet; looked up again once it cannot be in flight".into(),
+            ),
+        }
+    }
+
+    /// One status lookup, with in-process retries of transient failures.
+    async fn look_up_tid(&self, tid: &Tid) -> Result<TxStatus, String> {
         let client = &self.client;
-        let tid = &f.tid;
         let looked = retry(self.transient_policy(), || async move {
             match client.status(tid).await {
                 Ok(reply) => match reply.data {
@@ -767,142 +991,80 @@ impl Engine {
             }
         })
         .await;
-        let now = self.clock.now();
-        let lookups = lookups + 1;
-        self.note_gateway(if looked.is_ok() {
-            Class::Approved
-        } else {
-            Class::Unknown
-        });
-        let unresolved = |check_after: DateTime<Utc>, why: String| {
-            (
-                Outcome {
-                    charge_id: f.charge_id,
-                    subscription_id: valid.id,
-                    cycle: f.cycle as i32,
-                    result: ChargeResult {
-                        state: "unknown".into(),
-                        error_class: Some(Class::Unknown.as_str().into()),
-                        error: Some(why),
-                        check_after: Some(check_after),
-                        lookups,
-                        ..ChargeResult::default()
-                    },
-                    bookkeeping: None,
-                    events: vec![],
-                    remove_billkey: None,
-                },
-                Settledness::Unresolved,
-            )
-        };
-        match looked {
-            Ok(status) if matches!(status.state, TxState::Approved | TxState::Cancelled) => {
-                let result = ChargeResult {
-                    state: "approved".into(),
-                    result_code: Some("3001".into()),
-                    result_msg: Some(format!(
-                        "approved (found by status lookup{})",
-                        if status.state == TxState::Cancelled {
-                            ", since cancelled"
-                        } else {
-                            ""
-                        }
-                    )),
-                    auth_code: status.auth_code,
-                    auth_date: status.auth_date,
-                    error_class: Some(Class::Approved.as_str().into()),
-                    error: first_error,
-                    lookups,
-                    ..ChargeResult::default()
-                };
-                self.outcome_for(valid, f, Settled::Approved, result)
-            }
-            Ok(_not_found) if now >= f.settles_at => {
-                let result = ChargeResult {
-                    state: "not_charged".into(),
-                    result_msg: Some(
-                        "no approved transaction with this TID (status lookup)".into(),
-                    ),
-                    error_class: Some(Class::Unknown.as_str().into()),
-                    error: first_error,
-                    lookups,
-                    ..ChargeResult::default()
-                };
-                self.outcome_for(valid, f, Settled::NotCharged, result)
-            }
-            Ok(_not_found) => unresolved(
-                f.settles_at,
-                format!(
-                    "{}; not found yet, looked up again once it cannot be in flight",
-                    first_error.unwrap_or_default()
-                ),
-            ),
-            Err(e) => {
-                self.stats
-                    .gateway_failures_in_a_row
-                    .fetch_add(1, Ordering::Relaxed);
-                let delay = self.settings.lookup_retry.delay(lookups.max(1) as u32 - 1);
-                unresolved(
-                    now + chrono_duration(delay),
-                    format!("status lookup failed: {e}"),
-                )
+        match &looked {
+            Ok(_) => self.note_gateway(Class::Approved),
+            Err(_) => {
+                self.note_gateway(Class::Unknown);
             }
         }
+        looked.map_err(|e| e.to_string())
     }
 
     async fn resolve_unresolved(&self) -> Result<PassReport, EngineError> {
         self.resolve_by(self.clock.now()).await
     }
 
-    /// Looks up one unresolved attempt; `None` when it cannot be resolved against its row.
+    /// What settling a stored attempt needs, from its row and its subscription's.
+    async fn facts_of(&self, charge: &ChargeRow) -> Result<Option<ChargeFacts>, EngineError> {
+        let s = &self.settings;
+        let id = SubscriptionId(charge.subscription_id);
+        let Ok(tid) = Tid::new(charge.tid.clone()) else {
+            tracing::error!(charge = charge.id, tid = %charge.tid, "stored TID is malformed; the attempt cannot be looked up");
+            return Ok(None);
+        };
+        let state = self.store.billing_state(id).await?;
+        // The merchant's row may have changed since the attempt, or no longer validate: the
+        // attempt is still resolved (the lookup needs only its TID); the subscription moves on
+        // by the schedule as it reads now, or, without one, to the next cycle.
+        let rows = self.store.claimed_rows(&[id]).await?;
+        let valid = rows
+            .into_iter()
+            .next()
+            .and_then(|c| c.row.ok())
+            .and_then(|row| plan::validate(&row, &s.policy).ok());
+        let cycle = u32::try_from(charge.cycle).unwrap_or(1).max(1);
+        let due_at = valid
+            .as_ref()
+            .and_then(|v| v.schedule.due_at(cycle))
+            .unwrap_or(charge.created_at.and_utc());
+        let prior_declines = match &state {
+            Some(st) if st.next_cycle == Some(cycle) => st.cycle_declines,
+            _ => 0,
+        };
+        Ok(Some(ChargeFacts {
+            charge_id: ChargeId(charge.id),
+            subscription_id: id,
+            valid: valid.map(Arc::new),
+            bid: charge.bid.clone(),
+            cycle,
+            due_at,
+            attempt: u32::try_from(charge.attempt).unwrap_or(1).max(1),
+            prior_declines,
+            tid,
+            moid: charge.moid.clone(),
+            amount: charge.amount,
+            duplicate: charge.error_class.as_deref() == Some(Class::Duplicate.as_str())
+                || charge
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains(&format!("[{}]", Class::Duplicate.as_str()))),
+            settles_at: later(charge.created_at.and_utc(), s.settle),
+        }))
+    }
+
+    /// Looks up one unresolved attempt; `None` when it cannot be looked up at all.
     async fn look_up(
         &self,
-        charge: crate::storage::models::ChargeRow,
-        now: DateTime<Utc>,
+        charge: ChargeRow,
     ) -> Result<Option<(Outcome, Settledness)>, EngineError> {
-        let s = &self.settings;
-        let Some(sub) = self.store.subscription(charge.subscription_id).await? else {
+        let Some(facts) = self.facts_of(&charge).await? else {
             return Ok(None);
-        };
-        let Ok(tid) = Tid::new(charge.tid.clone()) else {
-            return Ok(None);
-        };
-        // The row may have been edited since the attempt; the attempt is still resolved, on
-        // the schedule as it reads now.
-        let valid = match plan::validate(&sub, &s.policy) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(
-                    subscription = sub.id,
-                    "cannot resolve attempt {}: row invalid: {e}",
-                    charge.tid
-                );
-                return Ok(None);
-            }
-        };
-        let due_at = valid
-            .schedule
-            .due_at(charge.cycle.max(1) as u32)
-            .unwrap_or(now);
-        let facts = ChargeFacts {
-            charge_id: charge.id,
-            cycle: charge.cycle.max(1) as u32,
-            due_at,
-            attempt: charge.attempt.max(1) as u32,
-            prior_declines: if sub.next_cycle == Some(charge.cycle) {
-                sub.cycle_declines.max(0) as u32
-            } else {
-                0
-            },
-            tid,
-            settles_at: charge.created_at.and_utc() + chrono_duration(s.settle),
         };
         let (outcome, settledness) = self
-            .resolve(&valid, &facts, charge.lookups, charge.error.clone())
+            .resolve(&facts, charge.lookups, charge.error.clone())
             .await;
         tracing::info!(
-            subscription = sub.id,
-            external_id = %sub.external_id,
+            subscription = charge.subscription_id,
             cycle = charge.cycle,
             attempt = charge.attempt,
             moid = %charge.moid,
@@ -926,7 +1088,7 @@ impl Engine {
             let now = self.clock.now();
             // A lookup lease only needs to outlast the lookups themselves; a dead resolver's
             // lease must not hold an attempt for long.
-            let lookup_lease = s.call_timeout + s.transient.max_elapsed;
+            let lookup_lease = s.call_timeout.saturating_add(s.transient.max_elapsed);
             // One batch of lookups at a time, `concurrency` wide, recorded as soon as the batch
             // is done: a process killed during recovery keeps what it already learned.
             let rows = self
@@ -944,7 +1106,7 @@ impl Engine {
             let mut lookups = JoinSet::new();
             for charge in rows {
                 let engine = self.clone();
-                lookups.spawn(async move { engine.look_up(charge, now).await });
+                lookups.spawn(async move { engine.look_up(charge).await });
             }
             let mut outcomes = Vec::new();
             while let Some(done) = lookups.join_next().await {
@@ -969,6 +1131,91 @@ impl Engine {
         Ok(report)
     }
 
+    // ---- late checks ----
+
+    /// Looks up once more every attempt concluded `not_charged` on "not found" whose late
+    /// check is due. An approval found now is recorded; if its cycle was charged by another
+    /// attempt too, that is a double charge: an event, an error in the log, the health file
+    /// degraded, and `nicebill charges doubles` lists it. Nothing is refunded automatically.
+    async fn check_late(&self) -> Result<PassReport, EngineError> {
+        let mut report = PassReport::default();
+        let s = &self.settings;
+        while !self.stopping() {
+            let now = self.clock.now();
+            let lease = s.call_timeout.saturating_add(s.transient.max_elapsed);
+            let rows = self
+                .store
+                .claim_late_checks(now, lease, s.concurrency.max(1) as i64)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut lookups = JoinSet::new();
+            for charge in rows {
+                let engine = self.clone();
+                lookups.spawn(async move {
+                    let finding = engine.late_finding(&charge).await;
+                    (charge, finding)
+                });
+            }
+            while let Some(done) = lookups.join_next().await {
+                let (charge, finding) = match done {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::error!("a late lookup task failed: {e}");
+                        continue;
+                    }
+                };
+                let tid = charge.tid.clone();
+                let (sub, cycle) = (charge.subscription_id, charge.cycle);
+                let recorded = self
+                    .store
+                    .record_late_check(self.clock.now(), charge, finding)
+                    .await?;
+                report.late_checked += 1;
+                match recorded {
+                    LateRecorded::Double { other_tid } => {
+                        report.doubles += 1;
+                        self.stats.doubles.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(subscription = sub, cycle, tid = %tid, other_tid = %other_tid, "double charge: a late lookup found this attempt approved beside another approval of its cycle; refund one (`nicebill charges doubles`)");
+                    }
+                    LateRecorded::Approved => {
+                        self.stats.approved_late.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(subscription = sub, cycle, tid = %tid, "a late lookup found an approval; recorded as the cycle's charge");
+                    }
+                    LateRecorded::Noted | LateRecorded::Lost => {}
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn late_finding(&self, charge: &ChargeRow) -> LateFinding {
+        let now = self.clock.now();
+        let Ok(tid) = Tid::new(charge.tid.clone()) else {
+            return LateFinding::NotFound;
+        };
+        let settles_at = later(charge.created_at.and_utc(), self.settings.settle);
+        match self.look_up_tid(&tid).await {
+            Err(e) => LateFinding::Again {
+                at: later(now, self.settings.lookup_retry.delay(0)),
+                why: bounded(&format!("late status lookup failed: {e}")),
+            },
+            Ok(status) => match (status.state, verify(&status, &charge.moid, charge.amount)) {
+                (TxState::NotFound, _) if now < settles_at => LateFinding::Again {
+                    at: settles_at,
+                    why: "not found yet; looked up again once it cannot be in flight".into(),
+                },
+                (TxState::NotFound, _) | (_, LookupMatch::Different(_)) => LateFinding::NotFound,
+                (TxState::Cancelled, _) => LateFinding::Cancelled,
+                (TxState::Approved, _) => LateFinding::Approved {
+                    auth_code: status.auth_code,
+                    auth_date: status.auth_date,
+                },
+            },
+        }
+    }
+
     // ---- billkey removal ----
 
     async fn remove_billkeys(&self) -> Result<PassReport, EngineError> {
@@ -978,17 +1225,18 @@ impl Engine {
             let now = self.clock.now();
             let rows = self
                 .store
-                .claim_removals(&s.owner, now, s.lease, 64)
+                .claim_removals(&s.owner, now, s.lease, s.removal_retry.delay(0), 64)
                 .await?;
             if rows.is_empty() {
                 break;
             }
             for row in rows {
+                let sub = SubscriptionId(row.subscription_id);
                 let moid_text = format!(
                     "{}R{}-A{}",
                     s.policy.moid_prefix,
-                    row.subscription_id,
-                    row.attempts.max(0) + 1
+                    row.id,
+                    row.attempts.max(0).saturating_add(1)
                 );
                 let (done, code, msg) =
                     match (Bid::new(row.bid.clone()), Moid::new(moid_text.clone())) {
@@ -1016,26 +1264,31 @@ impl Engine {
                         }
                         (Err(e), _) | (_, Err(e)) => (false, None, Some(e.to_string())),
                     };
-                let retry_at =
-                    now + chrono_duration(s.removal_retry.delay(row.attempts.max(0) as u32));
+                let retry_at = later(
+                    now,
+                    s.removal_retry
+                        .delay(u32::try_from(row.attempts.max(0)).unwrap_or(u32::MAX)),
+                );
+                let suffix = crate::storage::bid_suffix(&row.bid);
                 let event = if done {
                     report.removed += 1;
                     self.stats.removed.fetch_add(1, Ordering::Relaxed);
                     Event::sub(
-                        row.subscription_id,
-                        "billkey_removed",
+                        sub,
+                        EventKind::BillkeyRemoved,
                         format!(
-                            "{} {}",
+                            "billkey {suffix} ({}): {} {}",
+                            row.reason,
                             code.as_deref().unwrap_or(""),
                             msg.as_deref().unwrap_or("")
                         ),
                     )
                 } else {
                     Event::sub(
-                        row.subscription_id,
-                        "billkey_removal_failed",
+                        sub,
+                        EventKind::BillkeyRemovalFailed,
                         format!(
-                            "{} {}; next try {retry_at}",
+                            "billkey {suffix}: {} {}; next try {retry_at}",
                             code.as_deref().unwrap_or("-"),
                             msg.as_deref().unwrap_or("")
                         ),
@@ -1046,7 +1299,7 @@ impl Engine {
                     .record_removal(
                         &s.owner,
                         self.clock.now(),
-                        row.subscription_id,
+                        row.id,
                         moid_text,
                         done,
                         code,
@@ -1121,7 +1374,7 @@ pub enum ChargeNow {
         cycle: u32,
         tid: Tid,
         moid: Moid,
-        state: String,
+        state: ChargeState,
         /// `None` while the outcome is unknown (the daemon looks it up).
         settled: Option<Settled>,
         result_code: Option<String>,
@@ -1138,45 +1391,81 @@ enum Settledness {
 
 /// What settling an attempt needs to know about it.
 struct ChargeFacts {
-    charge_id: i64,
+    charge_id: ChargeId,
+    subscription_id: SubscriptionId,
+    /// The merchant's row as it validates now; `None` when it no longer does.
+    valid: Option<Arc<Valid>>,
+    bid: Option<String>,
     cycle: u32,
     due_at: DateTime<Utc>,
     attempt: u32,
     prior_declines: u32,
     tid: Tid,
+    moid: String,
+    amount: i64,
+    /// NICEPAY answered "duplicate TID": a lookup counts only if it proves the transaction
+    /// is ours.
+    duplicate: bool,
     settles_at: DateTime<Utc>,
 }
 
-fn charge_facts(a: &InFlight, settle: Duration) -> ChargeFacts {
+fn charge_facts(a: &InFlight, settle: Duration, duplicate: bool) -> ChargeFacts {
     ChargeFacts {
         charge_id: a.charge_id,
+        subscription_id: a.valid.id,
+        valid: Some(Arc::clone(&a.valid)),
+        bid: Some(a.valid.bid.to_string()),
         cycle: a.cycle,
         due_at: a.due_at,
         attempt: a.attempt,
         prior_declines: a.prior_declines,
         tid: a.tid.clone(),
-        settles_at: a.committed_at + chrono_duration(settle),
+        moid: a.moid.to_string(),
+        amount: a.valid.amount.value(),
+        duplicate,
+        settles_at: later(a.committed_at, settle),
     }
 }
 
-fn state_of(settled: Settled) -> &'static str {
+fn state_of(settled: Settled) -> ChargeState {
     match settled {
-        Settled::Approved => "approved",
-        Settled::Declined => "declined",
-        Settled::PermanentCard => "card_invalid",
-        Settled::RequestError => "request_error",
-        Settled::NotCharged => "not_charged",
+        Settled::Approved => ChargeState::Approved,
+        Settled::Declined => ChargeState::Declined,
+        Settled::PermanentCard => ChargeState::CardInvalid,
+        Settled::RequestError => ChargeState::RequestError,
+        Settled::NotCharged => ChargeState::NotCharged,
     }
 }
 
-fn status_event(status: &str) -> &'static str {
-    match status {
-        "ended" => "ended",
-        "cancelled" => "cancelled",
-        "card_invalid" => "card_invalid",
-        "past_due" => "past_due",
-        _ => "status_changed",
+/// Whether a status answer is about our transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LookupMatch {
+    Same,
+    /// Another transaction's: what differs.
+    Different(String),
+    /// The answer carries no Moid or amount to compare.
+    Unverifiable,
+}
+
+fn verify(status: &TxStatus, moid: &str, amount: i64) -> LookupMatch {
+    use crate::gateway::nicepay::Match;
+    let Ok(amount) = crate::domain::Krw::positive(amount) else {
+        return LookupMatch::Unverifiable;
+    };
+    match status.matches(moid, amount) {
+        Match::Same => LookupMatch::Same,
+        Match::Different { what } => LookupMatch::Different(what),
+        Match::Unverifiable { .. } => LookupMatch::Unverifiable,
     }
+}
+
+/// At most 200 characters of a message for the database and the log.
+fn bounded(text: &str) -> String {
+    let mut out: String = text.chars().take(200).collect();
+    if text.chars().count() > 200 {
+        out.push('…');
+    }
+    out
 }
 
 fn class_of<T>(result: &Result<Reply<T>, CallError>) -> Class {

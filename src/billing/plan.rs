@@ -7,15 +7,10 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use super::model::{BillingState, MerchantRow, MerchantStatus, SubscriptionId, SubscriptionStatus};
 use crate::domain::{Bid, FieldError, Krw, Moid};
 use crate::gateway::nicepay::{Buyer, Class, check_goods_name, form, limits};
 use crate::schedule::{CatchUp, Cycle, IntervalUnit, Schedule, parse_timezone};
-use crate::storage::models::SubscriptionRow;
-
-/// Statuses a merchant application writes.
-pub const MERCHANT_STATUSES: [&str; 3] = ["active", "paused", "cancelled"];
-/// Statuses nicebill sets.
-pub const NICEBILL_STATUSES: [&str; 4] = ["past_due", "card_invalid", "ended", "invalid"];
 
 /// Where a subscription goes when dunning runs out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,10 +21,10 @@ pub enum FinalState {
 }
 
 impl FinalState {
-    pub fn status(self) -> &'static str {
+    pub fn status(self) -> SubscriptionStatus {
         match self {
-            FinalState::PastDue => "past_due",
-            FinalState::Cancelled => "cancelled",
+            FinalState::PastDue => SubscriptionStatus::PastDue,
+            FinalState::Cancelled => SubscriptionStatus::Cancelled,
         }
     }
 }
@@ -74,7 +69,7 @@ fn days(n: u64) -> Duration {
 /// A subscription row that passed every check: ready to charge.
 #[derive(Clone, Debug)]
 pub struct Valid {
-    pub id: i64,
+    pub id: SubscriptionId,
     pub external_id: String,
     pub bid: Bid,
     pub amount: Krw,
@@ -83,27 +78,42 @@ pub struct Valid {
     pub card_quota: String,
     pub interest_free: bool,
     pub schedule: Schedule,
+    pub cancel_at_period_end: bool,
 }
 
 pub fn to_utc(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
 }
 
-/// Checks every column nicebill relies on; the error names the column and the problem.
-pub fn validate(row: &SubscriptionRow, policy: &Policy) -> Result<Valid, FieldError> {
-    if !MERCHANT_STATUSES.contains(&row.status.as_str())
-        && !NICEBILL_STATUSES.contains(&row.status.as_str())
-    {
-        return Err(FieldError::new(
+/// The merchant's status, or an error naming the column.
+pub fn merchant_status(text: &str) -> Result<MerchantStatus, FieldError> {
+    text.parse::<MerchantStatus>().map_err(|_| {
+        FieldError::new(
             "status",
             format!(
-                "{:?} is not one of active, paused, cancelled (nicebill also sets past_due, card_invalid, ended, invalid)",
-                row.status
+                "{:?} is not one of active, paused, cancelled",
+                text.chars().take(40).collect::<String>()
             ),
-        ));
+        )
+    })
+}
+
+/// Checks every column nicebill relies on; the error names the column and the problem.
+pub fn validate(row: &MerchantRow, policy: &Policy) -> Result<Valid, FieldError> {
+    merchant_status(&row.status)?;
+    if row.external_id.trim().is_empty() {
+        return Err(FieldError::new("external_id", "is empty"));
     }
     let amount = Krw::positive(row.amount).map_err(|e| FieldError::new("amount", e.problem))?;
-    let bid = Bid::new(row.bid.trim()).map_err(|e| FieldError::new("bid", e.problem))?;
+    // Never trimmed: a billkey with white space around it is not the billkey NICEPAY issued,
+    // and trimming it here but not where billkeys are compared would split one card in two.
+    if row.bid.trim() != row.bid {
+        return Err(FieldError::new(
+            "bid",
+            "has white space around it; write the billkey exactly as NICEPAY issued it",
+        ));
+    }
+    let bid = Bid::new(row.bid.as_str()).map_err(|e| FieldError::new("bid", e.problem))?;
     check_goods_name(&row.goods_name).map_err(|e| FieldError::new("goods_name", e.problem))?;
     let buyer = Buyer {
         name: row.buyer_name.clone(),
@@ -144,7 +154,7 @@ pub fn validate(row: &SubscriptionRow, policy: &Policy) -> Result<Valid, FieldEr
         }
         _ => policy.timezone,
     };
-    let anchor = to_utc(row.anchor_at);
+    let anchor = row.anchor_at;
     let schedule = match &row.cron {
         Some(cron) if !cron.trim().is_empty() => Schedule::cron(cron, anchor, tz),
         _ => {
@@ -152,10 +162,10 @@ pub fn validate(row: &SubscriptionRow, policy: &Policy) -> Result<Valid, FieldEr
                 .interval_unit
                 .parse()
                 .map_err(|e: crate::schedule::ScheduleError| FieldError::new(e.field, e.problem))?;
-            Schedule::every(unit, i64::from(row.interval_count), anchor, tz)
+            Schedule::every(unit, row.interval_count, anchor, tz)
         }
     }
-    .and_then(|s| s.with_end(row.max_cycles.map(i64::from), row.ends_at.map(to_utc)))
+    .and_then(|s| s.with_end(row.max_cycles, row.ends_at))
     .map_err(|e| FieldError::new(e.field, e.problem))?;
     Ok(Valid {
         id: row.id,
@@ -167,13 +177,14 @@ pub fn validate(row: &SubscriptionRow, policy: &Policy) -> Result<Valid, FieldEr
         card_quota: row.card_quota.clone(),
         interest_free,
         schedule,
+        cancel_at_period_end: row.cancel_at_period_end,
     })
 }
 
 /// The Moid of one attempt: deterministic, so a restart derives the same one.
 pub fn moid(
     prefix: &str,
-    subscription: i64,
+    subscription: SubscriptionId,
     cycle: Cycle,
     attempt: u32,
 ) -> Result<Moid, FieldError> {
@@ -210,33 +221,15 @@ pub enum Decision {
 }
 
 /// Decides what a claimed, active subscription needs at `now`.
-pub fn decide(
-    row: &SubscriptionRow,
-    now: DateTime<Utc>,
-    policy: &Policy,
-) -> (Decision, Option<Valid>) {
-    let valid = match validate(row, policy) {
-        Ok(v) => v,
-        Err(e) => {
-            return (
-                Decision::Invalid {
-                    reason: e.to_string(),
-                },
-                None,
-            );
-        }
-    };
+pub fn decide(valid: &Valid, row: &BillingState, now: DateTime<Utc>, policy: &Policy) -> Decision {
     let schedule = &valid.schedule;
     // Where the subscription stands: the next uncharged cycle and its scheduled due time.
     let current = match row.next_cycle {
-        Some(c) if c >= 1 => {
-            let c = c as Cycle;
-            schedule.due_at(c).map(|due| (c, due))
-        }
+        Some(c) if c >= 1 => schedule.due_at(c).map(|due| (c, due)),
         _ => schedule.due_at(1).map(|due| (1, due)),
     };
     let Some((cycle, due)) = current else {
-        return (Decision::Ended { skipped: vec![] }, Some(valid));
+        return Decision::Ended { skipped: vec![] };
     };
 
     // Resumed after a pause: cycles that came due meanwhile are not charged.
@@ -245,79 +238,61 @@ pub fn decide(
         let mut c = (cycle, due);
         loop {
             if c.1 > now {
-                return (
-                    Decision::Wait {
-                        next_cycle: c.0,
-                        next_charge_at: c.1,
-                        skipped,
-                        reason: Some("paused"),
-                    },
-                    Some(valid),
-                );
+                return Decision::Wait {
+                    next_cycle: c.0,
+                    next_charge_at: c.1,
+                    skipped,
+                    reason: Some("paused"),
+                };
             }
             skipped.push(c);
             match schedule.next(c.0, c.1) {
                 Some(n) => c = n,
-                None => return (Decision::Ended { skipped }, Some(valid)),
+                None => return Decision::Ended { skipped },
             }
         }
     }
 
     // In dunning the row's next_charge_at is the retry time, later than the cycle's due time.
-    let act_at = row.next_charge_at.map(to_utc).unwrap_or(due).max(due);
+    let act_at = row.next_charge_at.unwrap_or(due).max(due);
     if act_at > now {
-        return (
-            Decision::Wait {
-                next_cycle: cycle,
-                next_charge_at: act_at,
-                skipped: vec![],
-                reason: None,
-            },
-            Some(valid),
-        );
+        return Decision::Wait {
+            next_cycle: cycle,
+            next_charge_at: act_at,
+            skipped: vec![],
+            reason: None,
+        };
     }
     let Some(chosen) = schedule.due_now(cycle, due, now, policy.catch_up) else {
-        return (
-            Decision::Wait {
-                next_cycle: cycle,
-                next_charge_at: due,
-                skipped: vec![],
-                reason: None,
-            },
-            Some(valid),
-        );
+        return Decision::Wait {
+            next_cycle: cycle,
+            next_charge_at: due,
+            skipped: vec![],
+            reason: None,
+        };
     };
-    if row.cancel_at_period_end {
-        return (
-            Decision::CancelAtPeriodEnd {
-                cycle: chosen.cycle,
-            },
-            Some(valid),
-        );
+    if valid.cancel_at_period_end {
+        return Decision::CancelAtPeriodEnd {
+            cycle: chosen.cycle,
+        };
     }
-    let same_cycle = row.next_cycle == Some(chosen.cycle as i32);
+    let same_cycle = row.next_cycle == Some(chosen.cycle);
     let attempt = if same_cycle {
-        row.cycle_attempts.max(0) as u32 + 1
+        row.cycle_attempts.saturating_add(1)
     } else {
         1
     };
-    match moid(&policy.moid_prefix, row.id, chosen.cycle, attempt) {
-        Ok(moid) => (
-            Decision::Charge {
-                cycle: chosen.cycle,
-                due_at: chosen.due_at,
-                attempt,
-                moid,
-                skipped: chosen.skipped,
-            },
-            Some(valid),
-        ),
-        Err(e) => (
-            Decision::Invalid {
-                reason: format!("moid: {}", e.problem),
-            },
-            None,
-        ),
+    match moid(&policy.moid_prefix, valid.id, chosen.cycle, attempt) {
+        Ok(moid) => Decision::Charge {
+            cycle: chosen.cycle,
+            due_at: chosen.due_at,
+            attempt,
+            moid,
+            skipped: chosen.skipped,
+        },
+        Err(e) => Decision::Invalid {
+            reason: format!("moid: {}", e.problem),
+        },
     }
 }
 
@@ -354,7 +329,7 @@ pub struct Advance {
     pub cycle_attempts: u32,
     pub cycle_declines: u32,
     /// A new status, with its reason.
-    pub status: Option<(&'static str, String)>,
+    pub status: Option<(SubscriptionStatus, String)>,
 }
 
 /// Where an attempt stands in its subscription's schedule.
@@ -369,9 +344,11 @@ pub struct Position {
     pub declines: u32,
 }
 
-/// Moves a subscription on after the attempt at `at` settled as `settled`.
+/// Moves a subscription on after the attempt at `at` settled as `settled`. Without a
+/// schedule (the merchant's row no longer validates), an approval moves to the next cycle and
+/// leaves its due time to be worked out once the row is valid again.
 pub fn advance(
-    schedule: &Schedule,
+    schedule: Option<&Schedule>,
     at: Position,
     settled: Settled,
     now: DateTime<Utc>,
@@ -394,23 +371,36 @@ pub fn advance(
     match settled {
         // Never two cycles in one go: a cycle that is already due (catch-up "all") waits at
         // least `resend_after`.
-        Settled::Approved => match schedule.next(cycle, due_at) {
-            Some((next, at)) => Advance {
+        Settled::Approved => match schedule.map(|s| s.next(cycle, due_at)) {
+            None => Advance {
+                next_cycle: cycle.saturating_add(1),
+                next_charge_at: None,
+                cycle_attempts: 0,
+                cycle_declines: 0,
+                status: None,
+            },
+            Some(Some((next, at))) => Advance {
                 next_cycle: next,
                 next_charge_at: Some(at.max(later(policy.resend_after))),
                 cycle_attempts: 0,
                 cycle_declines: 0,
                 status: None,
             },
-            None => Advance {
-                next_cycle: cycle + 1,
+            Some(None) => Advance {
+                next_cycle: cycle.saturating_add(1),
                 next_charge_at: None,
                 cycle_attempts: 0,
                 cycle_declines: 0,
-                status: Some(("ended", format!("last cycle ({cycle}) charged"))),
+                status: Some((
+                    SubscriptionStatus::Ended,
+                    format!("last cycle ({cycle}) charged"),
+                )),
             },
         },
-        Settled::Declined => match policy.retry_after.get(declines as usize - 1) {
+        Settled::Declined => match policy
+            .retry_after
+            .get((declines as usize).saturating_sub(1))
+        {
             Some(wait) => stay(later(*wait), declines),
             None => Advance {
                 status: Some((
@@ -422,7 +412,7 @@ pub fn advance(
         },
         Settled::PermanentCard => Advance {
             status: Some((
-                "card_invalid",
+                SubscriptionStatus::CardInvalid,
                 format!("cycle {cycle}: the card cannot be charged again; a new billkey is needed"),
             )),
             ..stay(now, declines)
@@ -445,10 +435,9 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn row() -> SubscriptionRow {
-        let t = at("2027-01-31 09:00").naive_utc();
-        SubscriptionRow {
-            id: 17,
+    fn row() -> MerchantRow {
+        MerchantRow {
+            id: SubscriptionId(17),
             external_id: "ext-17".into(),
             bid: "BIKYnictest04m2611251200001234".into(),
             amount: 9_900,
@@ -462,29 +451,26 @@ mod tests {
             interval_count: 1,
             cron: None,
             timezone: None,
-            anchor_at: t,
+            anchor_at: at("2027-01-31 09:00"),
             max_cycles: None,
             ends_at: None,
             status: "active".into(),
             cancel_at_period_end: false,
-            next_cycle: None,
-            next_charge_at: None,
-            cycle_attempts: 0,
-            cycle_declines: 0,
-            paused_since: None,
-            seen_status: Some("active".into()),
-            status_reason: None,
-            claimed_by: None,
-            claimed_until: None,
-            created_at: t,
-            updated_at: t,
         }
+    }
+
+    fn valid() -> Valid {
+        validate(&row(), &Policy::default()).unwrap()
+    }
+
+    fn fresh() -> BillingState {
+        BillingState::new(SubscriptionStatus::Active)
     }
 
     #[test]
     fn first_charge_and_retries_derive_moids() {
         let policy = Policy::default();
-        let (d, _) = decide(&row(), at("2027-01-31 10:00"), &policy);
+        let d = decide(&valid(), &fresh(), at("2027-01-31 10:00"), &policy);
         match d {
             Decision::Charge {
                 cycle,
@@ -499,32 +485,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A dunning retry of cycle 3, second attempt, with a prefix.
-        let mut r = row();
+        let mut r = fresh();
         r.next_cycle = Some(3);
-        r.next_charge_at = Some(at("2027-04-01 09:00").naive_utc());
+        r.next_charge_at = Some(at("2027-04-01 09:00"));
         r.cycle_attempts = 1;
         r.cycle_declines = 1;
         let policy = Policy {
             moid_prefix: "shop-".into(),
             ..Policy::default()
         };
-        let (d, _) = decide(&r, at("2027-04-01 10:00"), &policy);
+        let d = decide(&valid(), &r, at("2027-04-01 10:00"), &policy);
         assert!(
             matches!(d, Decision::Charge { cycle: 3, attempt: 2, ref moid, .. } if moid.as_str() == "shop-S17-C3-A2"),
             "{d:?}"
         );
         // Before the retry time: wait, even though the cycle itself is due.
-        let (d, _) = decide(&r, at("2027-03-31 23:00"), &policy);
+        let d = decide(&valid(), &r, at("2027-03-31 23:00"), &policy);
         assert!(matches!(d, Decision::Wait { next_cycle: 3, .. }), "{d:?}");
     }
 
     #[test]
     fn pause_skips_the_cycles_that_came_due() {
-        let mut r = row();
+        let mut r = fresh();
         r.next_cycle = Some(2);
-        r.next_charge_at = Some(at("2027-02-28 09:00").naive_utc());
-        r.paused_since = Some(at("2027-02-10 00:00").naive_utc());
-        let (d, _) = decide(&r, at("2027-04-15 12:00"), &Policy::default());
+        r.next_charge_at = Some(at("2027-02-28 09:00"));
+        r.paused_since = Some(at("2027-02-10 00:00"));
+        let d = decide(&valid(), &r, at("2027-04-15 12:00"), &Policy::default());
         match d {
             Decision::Wait {
                 next_cycle,
@@ -544,8 +530,8 @@ mod tests {
 
     #[test]
     fn dunning_then_final_state() {
-        let r = row();
-        let valid = validate(&r, &Policy::default()).unwrap();
+        let valid = valid();
+        let schedule = Some(&valid.schedule);
         let now = at("2027-01-31 10:00");
         let pos = |declines| Position {
             cycle: 1,
@@ -555,46 +541,57 @@ mod tests {
         };
         let days = |n| now + chrono::Duration::days(n);
         for (policy_final, want_status) in [
-            (FinalState::PastDue, "past_due"),
-            (FinalState::Cancelled, "cancelled"),
+            (FinalState::PastDue, SubscriptionStatus::PastDue),
+            (FinalState::Cancelled, SubscriptionStatus::Cancelled),
         ] {
             let policy = Policy {
                 final_state: policy_final,
                 ..Policy::default()
             };
             let waits: Vec<_> = (1..=3)
-                .map(|n| {
-                    advance(&valid.schedule, pos(n), Settled::Declined, now, &policy).next_charge_at
-                })
+                .map(|n| advance(schedule, pos(n), Settled::Declined, now, &policy).next_charge_at)
                 .collect();
             assert_eq!(waits, vec![Some(days(1)), Some(days(3)), Some(days(5))]);
-            let last = advance(&valid.schedule, pos(4), Settled::Declined, now, &policy);
+            let last = advance(schedule, pos(4), Settled::Declined, now, &policy);
             assert_eq!(last.status.map(|s| s.0), Some(want_status));
         }
         let policy = Policy::default();
-        let ok = advance(&valid.schedule, pos(2), Settled::Approved, now, &policy);
+        let ok = advance(schedule, pos(2), Settled::Approved, now, &policy);
         assert_eq!(
             (ok.next_cycle, ok.next_charge_at, ok.cycle_declines),
             (2, Some(at("2027-02-28 09:00")), 0)
         );
-        let gone = advance(
-            &valid.schedule,
-            pos(0),
-            Settled::PermanentCard,
-            now,
-            &policy,
+        let gone = advance(schedule, pos(0), Settled::PermanentCard, now, &policy);
+        assert_eq!(
+            gone.status.map(|s| s.0),
+            Some(SubscriptionStatus::CardInvalid)
         );
-        assert_eq!(gone.status.map(|s| s.0), Some("card_invalid"));
-        let bug = advance(&valid.schedule, pos(0), Settled::RequestError, now, &policy);
+        let bug = advance(schedule, pos(0), Settled::RequestError, now, &policy);
         assert_eq!(
             (bug.next_cycle, bug.next_charge_at, bug.status),
             (1, Some(now + chrono::Duration::hours(1)), None)
         );
-        let lost = advance(&valid.schedule, pos(0), Settled::NotCharged, now, &policy);
+        let lost = advance(schedule, pos(0), Settled::NotCharged, now, &policy);
         assert_eq!(
             lost.next_charge_at,
             Some(now + chrono::Duration::minutes(1))
         );
+        // Without a schedule (the row no longer validates), an approval still moves on.
+        let blind = advance(None, pos(1), Settled::Approved, now, &policy);
+        assert_eq!((blind.next_cycle, blind.next_charge_at), (2, None));
+    }
+
+    #[test]
+    fn billkeys_with_white_space_are_refused_not_trimmed() {
+        for bid in [
+            " BIKYnictest04m2611251200001234",
+            "BIKYnictest04m2611251200001234\n",
+        ] {
+            let mut r = row();
+            r.bid = bid.into();
+            let e = validate(&r, &Policy::default()).unwrap_err();
+            assert_eq!(e.field, "bid", "{bid:?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::CliError;
 use super::daemon_cmds::{parse_anchor, parse_interval};
+use crate::billing::model::{MerchantRow, SubscriptionId};
 use crate::billing::plan::{self, Decision, Policy};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -317,10 +318,10 @@ fn schedule_label(row: &SubscriptionRow) -> String {
         Some(cron) => cron.to_owned(),
         None => {
             let unit = row.interval_unit.trim();
-            if row.interval_count == 1 {
-                format!("1 {unit}")
-            } else {
-                format!("{} {unit}s", row.interval_count)
+            match row.interval_count {
+                Some(1) => format!("1 {unit}"),
+                Some(n) => format!("{n} {unit}s"),
+                None => format!("? {unit}s"),
             }
         }
     };
@@ -366,8 +367,7 @@ async fn add(config_path: &Path, args: AddArgs) -> Result<(), CliError> {
     let config = load(config_path)?;
     let now = SystemClock.now().trunc_subsecs(0);
     let new = new_subscription(&args, &config.policy, now).map_err(not_inserted)?;
-    plan::validate(&row_of(&new, now), &config.policy)
-        .map_err(|e| not_inserted(CliError::Input(e)))?;
+    plan::validate(&row_of(&new), &config.policy).map_err(|e| not_inserted(CliError::Input(e)))?;
     let store = open(&config).await?;
     let row = match store.add_subscription(new).await.map_err(db)? {
         Ok(row) => row,
@@ -464,10 +464,10 @@ fn new_subscription(
     })
 }
 
-/// The row as it will read once inserted, before nicebill has looked at it.
-fn row_of(new: &NewSubscription, now: DateTime<Utc>) -> SubscriptionRow {
-    SubscriptionRow {
-        id: 0,
+/// The row as nicebill will read it once inserted.
+fn row_of(new: &NewSubscription) -> MerchantRow {
+    MerchantRow {
+        id: SubscriptionId(0),
         external_id: new.external_id.clone(),
         bid: new.bid.clone(),
         amount: new.amount,
@@ -478,25 +478,14 @@ fn row_of(new: &NewSubscription, now: DateTime<Utc>) -> SubscriptionRow {
         card_quota: new.card_quota.clone(),
         card_interest: new.card_interest.clone(),
         interval_unit: new.interval_unit.clone(),
-        interval_count: new.interval_count,
+        interval_count: i64::from(new.interval_count),
         cron: new.cron.clone(),
         timezone: new.timezone.clone(),
-        anchor_at: new.anchor_at,
-        max_cycles: new.max_cycles,
-        ends_at: new.ends_at,
+        anchor_at: new.anchor_at.and_utc(),
+        max_cycles: new.max_cycles.map(i64::from),
+        ends_at: new.ends_at.map(|t| t.and_utc()),
         status: new.status.clone(),
         cancel_at_period_end: new.cancel_at_period_end,
-        next_cycle: None,
-        next_charge_at: None,
-        cycle_attempts: 0,
-        cycle_declines: 0,
-        paused_since: None,
-        seen_status: None,
-        status_reason: None,
-        claimed_by: None,
-        claimed_until: None,
-        created_at: now.naive_utc(),
-        updated_at: now.naive_utc(),
     }
 }
 
@@ -533,7 +522,7 @@ async fn list(config_path: &Path, args: ListArgs) -> Result<(), CliError> {
             r.id.to_string(),
             r.external_id.clone(),
             r.status.clone(),
-            krw(r.amount),
+            r.amount.map_or_else(|| "?".to_owned(), krw),
             r.goods_name.clone(),
             schedule_label(r),
             or_dash(r.next_cycle),
@@ -550,7 +539,7 @@ struct Shown<'a> {
     subscription: &'a SubscriptionRow,
     charges: &'a [ChargeRow],
     events: &'a [EventRow],
-    billkey_removal: &'a Option<RemovalRow>,
+    billkey_removals: &'a [RemovalRow],
 }
 
 async fn show(config_path: &Path, args: ShowArgs) -> Result<(), CliError> {
@@ -571,7 +560,7 @@ async fn show(config_path: &Path, args: ShowArgs) -> Result<(), CliError> {
             subscription: &row,
             charges: &charges,
             events: &events,
-            billkey_removal: &removal,
+            billkey_removals: &removal,
         });
     }
     let tz = config.policy.timezone;
@@ -584,7 +573,11 @@ async fn show(config_path: &Path, args: ShowArgs) -> Result<(), CliError> {
         ("status", row.status.clone()),
         ("status_reason", text(&row.status_reason)),
         ("bid", row.bid.clone()),
-        ("amount", format!("{} KRW", krw(row.amount))),
+        (
+            "amount",
+            row.amount
+                .map_or_else(|| "?".to_owned(), |a| format!("{} KRW", krw(a))),
+        ),
         ("goods_name", row.goods_name.clone()),
         ("buyer_name", text(&row.buyer_name)),
         ("buyer_email", text(&row.buyer_email)),
@@ -592,30 +585,34 @@ async fn show(config_path: &Path, args: ShowArgs) -> Result<(), CliError> {
         ("card_quota", row.card_quota.clone()),
         ("card_interest", row.card_interest.clone()),
         ("schedule", schedule_label(&row)),
-        ("anchor_at", when(row.anchor_at)),
+        ("anchor_at", when_opt(row.anchor_at)),
         ("max_cycles", or_dash(row.max_cycles)),
         ("ends_at", when_opt(row.ends_at)),
-        ("cancel_at_period_end", row.cancel_at_period_end.to_string()),
+        ("cancel_at_period_end", or_dash(row.cancel_at_period_end)),
         ("next_cycle", or_dash(row.next_cycle)),
         ("next_charge_at", when_opt(row.next_charge_at)),
         ("cycle_attempts", row.cycle_attempts.to_string()),
         ("cycle_declines", row.cycle_declines.to_string()),
         ("paused_since", when_opt(row.paused_since)),
-        ("seen_status", text(&row.seen_status)),
+        ("merchant_status", row.merchant_status.clone()),
+        ("row_error", text(&row.row_error)),
         ("claimed_by", text(&row.claimed_by)),
         ("claimed_until", when_opt(row.claimed_until)),
-        ("created_at", when(row.created_at)),
-        ("updated_at", when(row.updated_at)),
     ];
     let mut t = table(&["column", "value"]);
     for (k, v) in fields {
         t.add_row(vec![k.to_owned(), v]);
     }
     let mut text = t.to_string();
-    if let Some(r) = &removal {
+    for r in &removal {
         text.push_str(&format!(
-            "\nbillkey removal: {} after {} attempt(s){}{}",
+            "\nbillkey {} removal ({}): {}{} after {} attempt(s){}{}",
+            crate::storage::bid_suffix(&r.bid),
+            r.reason,
             r.state,
+            r.held_by
+                .map(|h| format!(", held: subscription {h} still uses it"))
+                .unwrap_or_default(),
             r.attempts,
             match (&r.result_code, &r.result_msg) {
                 (Some(c), Some(m)) => format!(", last answer {c} {m}"),
@@ -711,15 +708,37 @@ async fn change(config_path: &Path, change: Change, args: ChangeArgs) -> Result<
     }
     if change == Change::Resume {
         let now = SystemClock.now();
-        check_resumable(&row, now, &config.policy)
-            .map_err(|why| CliError::Usage(format!("{name} {why}; nothing was changed")))?;
+        let claimed = store
+            .claimed_rows(&[SubscriptionId(row.id)])
+            .await
+            .map_err(db)?
+            .pop();
+        if let Some(claimed) = claimed {
+            check_resumable(&claimed, now, &config.policy)
+                .map_err(|why| CliError::Usage(format!("{name} {why}; nothing was changed")))?;
+        }
     }
     let to = change.status();
-    if !store
-        .change_status(row.id, &row.status, to)
-        .await
-        .map_err(db)?
-    {
+    // The merchant's column carries the request; a subscription nicebill stopped while the
+    // merchant's status stayed active (past_due, card_invalid, invalid, ended) is resumed in
+    // nicebill's own state, as the daemon does when it notices a new card.
+    let applied = if change == Change::Resume && row.merchant_status == "active" {
+        store
+            .reactivate(
+                SubscriptionId(row.id),
+                &row.status,
+                "by `nicebill subscription resume`",
+                SystemClock.now(),
+            )
+            .await
+            .map_err(db)?
+    } else {
+        store
+            .change_status(row.id, &row.merchant_status, to)
+            .await
+            .map_err(db)?
+    };
+    if !applied {
         let now_status = store
             .subscription(row.id)
             .await
@@ -754,16 +773,21 @@ async fn change(config_path: &Path, change: Change, args: ChangeArgs) -> Result<
 /// What the daemon would do with the row once set active again (the notice pass makes it due
 /// at once): refuse when it would mark it invalid or ended straight away.
 fn check_resumable(
-    row: &SubscriptionRow,
+    claimed: &crate::storage::Claimed,
     now: DateTime<Utc>,
     policy: &Policy,
 ) -> Result<(), String> {
-    let mut resumed = row.clone();
-    resumed.status = "active".to_owned();
+    let mut resumed = claimed.state.clone();
+    resumed.status = crate::billing::model::SubscriptionStatus::Active;
     resumed.status_reason = None;
     resumed.cycle_declines = 0;
-    resumed.next_charge_at = Some(now.naive_utc());
-    match plan::decide(&resumed, now, policy).0 {
+    resumed.next_charge_at = Some(now);
+    let valid = claimed
+        .row
+        .clone()
+        .and_then(|row| plan::validate(&row, policy))
+        .map_err(|e| format!("cannot be charged as written ({e}); fix the row first"))?;
+    match plan::decide(&valid, &resumed, now, policy) {
         Decision::Invalid { reason } => Err(format!(
             "cannot be charged as written ({reason}); fix the row first"
         )),

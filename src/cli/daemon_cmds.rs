@@ -54,7 +54,7 @@ pub async fn run(config: &Path, args: RunArgs) -> Result<(), CliError> {
     let config = load(config)?;
     let report = daemon::run(
         config,
-        Arc::new(SystemClock),
+        daemon::TimeSource::Database,
         args.once,
         crate::shutdown_signal(),
     )
@@ -131,17 +131,18 @@ pub async fn preview(config_path: &Path, args: PreviewArgs) -> Result<(), CliErr
         Some(id) => {
             let config = load(config_path)?;
             let store = daemon::open_store(&config).await?;
-            let row = store
-                .subscription(id)
+            let claimed = store
+                .claimed_rows(&[crate::billing::model::SubscriptionId(id)])
                 .await
                 .map_err(daemon::DaemonError::from)?
+                .pop()
                 .ok_or_else(|| CliError::Usage(format!("no subscription with id {id}")))?;
-            let valid = crate::billing::plan::validate(&row, &config.policy)
+            let valid = claimed
+                .row
+                .and_then(|row| crate::billing::plan::validate(&row, &config.policy))
                 .map_err(|e| CliError::Usage(format!("subscription {id}: {e}")))?;
-            (
-                valid.schedule,
-                format!("subscription {id} ({})", row.external_id),
-            )
+            let label = format!("subscription {id} ({})", valid.external_id);
+            (valid.schedule, label)
         }
         None => {
             let tz = match &args.timezone {
@@ -310,7 +311,7 @@ pub async fn charge_now(config_path: &Path, args: ChargeNowArgs) -> Result<(), C
     use crate::billing::engine::ChargeNow;
     use crate::billing::plan::Settled;
     let config = load(config_path)?;
-    let engine = daemon::engine(&config, Arc::new(SystemClock)).await?;
+    let (engine, _) = daemon::engine(&config, daemon::TimeSource::Database).await?;
     let store = engine.store().clone();
     let fail = |e: crate::storage::StoreError| CliError::Daemon(e.into());
     let row = super::admin::resolve(&store, &args.subscription).await?;
@@ -323,7 +324,12 @@ pub async fn charge_now(config_path: &Path, args: ChargeNowArgs) -> Result<(), C
     }
     let settings = engine.settings();
     let Some(claimed) = store
-        .claim_one(id, &settings.owner, engine.now(), settings.lease)
+        .claim_one(
+            crate::billing::model::SubscriptionId(id),
+            &settings.owner,
+            engine.now(),
+            settings.lease,
+        )
         .await
         .map_err(fail)?
     else {

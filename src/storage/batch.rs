@@ -8,7 +8,12 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 
-use super::{AnyConnection, NewCharge, StoreError};
+use super::{AnyConnection, StoreError};
+use crate::storage::models::NewCharge;
+
+/// Rows per multi-row statement: at most 13 parameters a row keeps every statement far below
+/// SQLite's 32,766 and PostgreSQL's 65,535 parameters.
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
 /// A bound value.
 enum Value {
@@ -112,9 +117,22 @@ struct Returned {
     tid: Option<String>,
 }
 
-/// Bookkeeping of a batch of attempts about to start: one UPDATE, applied only to rows this
-/// owner still holds and that are still active. Returns the subscription ids updated.
+/// Bookkeeping of a batch of attempts just committed: applied only to rows this owner still
+/// holds. Returns the subscription ids updated.
 pub(super) fn start_bookkeeping(
+    c: &mut AnyConnection,
+    owner: &str,
+    now: NaiveDateTime,
+    rows: &[(i64, i32, NaiveDateTime, i32)],
+) -> Result<HashSet<i64>, StoreError> {
+    let mut done = HashSet::new();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        done.extend(start_bookkeeping_chunk(c, owner, now, chunk)?);
+    }
+    Ok(done)
+}
+
+fn start_bookkeeping_chunk(
     c: &mut AnyConnection,
     owner: &str,
     now: NaiveDateTime,
@@ -137,16 +155,16 @@ pub(super) fn start_bookkeeping(
         ]);
     }
     sql.push(
-        ") UPDATE subscriptions SET \
-         cycle_declines = CASE WHEN subscriptions.next_cycle = v.cycle \
-                          THEN subscriptions.cycle_declines ELSE 0 END, \
+        ") UPDATE billing_state SET \
+         cycle_declines = CASE WHEN billing_state.next_cycle = v.cycle \
+                          THEN billing_state.cycle_declines ELSE 0 END, \
          next_cycle = v.cycle, next_charge_at = v.due, cycle_attempts = v.attempt, \
-         paused_since = NULL, updated_at = ",
+         updated_at = ",
     )
     .param(Value::Ts(Some(now)))
-    .push(" FROM v WHERE subscriptions.id = v.id AND subscriptions.claimed_by = ")
+    .push(" FROM v WHERE billing_state.subscription_id = v.id AND billing_state.claimed_by = ")
     .param(Value::Text(Some(owner.to_owned())))
-    .push(" AND subscriptions.status = 'active' RETURNING subscriptions.id AS id, NULL AS tid");
+    .push(" RETURNING billing_state.subscription_id AS id, NULL AS tid");
     Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
 }
 
@@ -156,12 +174,23 @@ pub(super) fn insert_charges(
     c: &mut AnyConnection,
     rows: &[NewCharge],
 ) -> Result<HashMap<String, i64>, StoreError> {
+    let mut done = HashMap::new();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        done.extend(insert_charges_chunk(c, chunk)?);
+    }
+    Ok(done)
+}
+
+fn insert_charges_chunk(
+    c: &mut AnyConnection,
+    rows: &[NewCharge],
+) -> Result<HashMap<String, i64>, StoreError> {
     if rows.is_empty() {
         return Ok(HashMap::new());
     }
     let mut sql = Sql::new(c);
     sql.push(
-        "INSERT INTO charges (subscription_id, cycle, attempt, moid, tid, amount, state, \
+        "INSERT INTO charges (subscription_id, cycle, attempt, moid, tid, amount, bid, state, \
          check_after, created_at) VALUES ",
     );
     for (i, r) in rows.iter().enumerate() {
@@ -175,6 +204,7 @@ pub(super) fn insert_charges(
             Value::Text(Some(r.moid.clone())),
             Value::Text(Some(r.tid.clone())),
             Value::I64(r.amount),
+            Value::Text(r.bid.clone()),
             Value::Text(Some(r.state.clone())),
             Value::Ts(r.check_after),
             Value::Ts(Some(r.created_at)),
@@ -193,6 +223,7 @@ pub(super) struct ChargeUpdate<'a> {
     pub id: i64,
     pub result: &'a super::ChargeResult,
     pub resolved_at: Option<NaiveDateTime>,
+    pub last_lookup_at: Option<NaiveDateTime>,
 }
 
 /// Records outcomes of a batch of charges in one UPDATE, only on charges still unresolved.
@@ -207,7 +238,8 @@ pub(super) fn update_charges(
     let mut sql = Sql::new(c);
     sql.push(
         "WITH v(id, state, result_code, result_msg, auth_code, auth_date, card_no, \
-         error_class, error, lookups, check_after, resolved_at) AS (VALUES ",
+         error_class, error, lookups, check_after, resolved_at, late_check_at, \
+         last_lookup_at) AS (VALUES ",
     );
     for (i, u) in rows.iter().enumerate() {
         if i > 0 {
@@ -216,7 +248,7 @@ pub(super) fn update_charges(
         let r = u.result;
         sql.row(vec![
             Value::I64(u.id),
-            Value::Text(Some(r.state.clone())),
+            Value::Text(Some(r.state.as_str().to_owned())),
             Value::Text(r.result_code.clone()),
             Value::Text(r.result_msg.clone()),
             Value::Text(r.auth_code.clone()),
@@ -227,13 +259,17 @@ pub(super) fn update_charges(
             Value::I32(r.lookups),
             Value::Ts(r.check_after.map(|t| t.naive_utc())),
             Value::Ts(u.resolved_at),
+            Value::Ts(r.late_check_at.map(|t| t.naive_utc())),
+            Value::Ts(u.last_lookup_at),
         ]);
     }
     sql.push(
         ") UPDATE charges SET state = v.state, result_code = v.result_code, \
          result_msg = v.result_msg, auth_code = v.auth_code, auth_date = v.auth_date, \
          card_no = v.card_no, error_class = v.error_class, error = v.error, \
-         lookups = v.lookups, check_after = v.check_after, resolved_at = v.resolved_at \
+         lookups = v.lookups, check_after = v.check_after, resolved_at = v.resolved_at, \
+         late_check_at = v.late_check_at, \
+         last_lookup_at = COALESCE(v.last_lookup_at, charges.last_lookup_at) \
          FROM v WHERE charges.id = v.id AND charges.state IN ('pending', 'unknown') \
          RETURNING charges.id AS id, NULL AS tid",
     );
@@ -241,7 +277,8 @@ pub(super) fn update_charges(
 }
 
 /// Moves subscriptions on after settled attempts, releasing their claims, in one UPDATE; only
-/// rows still on the attempt's cycle. Status changes are not made here (see the caller).
+/// rows still on the attempt's cycle. Status changes are not made here (see the caller), and
+/// `paused_since` is never touched: a pause noticed while the attempt was in flight stays.
 pub(super) fn advance_subscriptions(
     c: &mut AnyConnection,
     now: NaiveDateTime,
@@ -259,22 +296,23 @@ pub(super) fn advance_subscriptions(
         sql.row(vec![
             Value::I64(*id),
             Value::I32(*on_cycle),
-            Value::I32(b.next_cycle),
+            Value::I32(b.next_cycle as i32),
             Value::Ts(b.next_charge_at.map(|t| t.naive_utc())),
-            Value::I32(b.cycle_attempts),
-            Value::I32(b.cycle_declines),
+            Value::I32(b.cycle_attempts as i32),
+            Value::I32(b.cycle_declines as i32),
         ]);
     }
     sql.push(
-        ") UPDATE subscriptions SET next_cycle = v.next_cycle, \
+        ") UPDATE billing_state SET next_cycle = v.next_cycle, \
          next_charge_at = v.next_charge_at, cycle_attempts = v.attempts, \
-         cycle_declines = v.declines, paused_since = NULL, claimed_by = NULL, \
+         cycle_declines = v.declines, claimed_by = NULL, \
          claimed_until = NULL, updated_at = ",
     )
     .param(Value::Ts(Some(now)))
     .push(
-        " FROM v WHERE subscriptions.id = v.id AND subscriptions.next_cycle = v.on_cycle \
-         RETURNING subscriptions.id AS id, NULL AS tid",
+        " FROM v WHERE billing_state.subscription_id = v.id \
+         AND billing_state.next_cycle = v.on_cycle \
+         RETURNING billing_state.subscription_id AS id, NULL AS tid",
     );
     Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
 }

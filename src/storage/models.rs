@@ -4,16 +4,36 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::schema::{billkey_removals, charges, events, subscriptions};
+use super::schema::{billing_state, billkey_removals, charges, events, subscriptions};
 
-/// A subscription as stored: merchant columns first, then nicebill's bookkeeping.
+/// nicebill's state of one subscription, as stored.
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]
-#[diesel(table_name = subscriptions)]
+#[diesel(table_name = billing_state)]
+pub struct BillingStateRow {
+    pub subscription_id: i64,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub seen_status: Option<String>,
+    pub seen_bid: Option<String>,
+    pub next_cycle: Option<i32>,
+    pub next_charge_at: Option<NaiveDateTime>,
+    pub cycle_attempts: i32,
+    pub cycle_declines: i32,
+    pub paused_since: Option<NaiveDateTime>,
+    pub claimed_by: Option<String>,
+    pub claimed_until: Option<NaiveDateTime>,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A subscription as operators and tests see it: the merchant's columns as they read (a
+/// value that does not parse is `None`, and `row_error` names the first such column), and
+/// nicebill's state. `status` is nicebill's verdict (the merchant's own is `merchant_status`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SubscriptionRow {
     pub id: i64,
     pub external_id: String,
     pub bid: String,
-    pub amount: i64,
+    pub amount: Option<i64>,
     pub goods_name: String,
     pub buyer_name: Option<String>,
     pub buyer_email: Option<String>,
@@ -21,25 +41,24 @@ pub struct SubscriptionRow {
     pub card_quota: String,
     pub card_interest: String,
     pub interval_unit: String,
-    pub interval_count: i32,
+    pub interval_count: Option<i64>,
     pub cron: Option<String>,
     pub timezone: Option<String>,
-    pub anchor_at: NaiveDateTime,
-    pub max_cycles: Option<i32>,
+    pub anchor_at: Option<NaiveDateTime>,
+    pub max_cycles: Option<i64>,
     pub ends_at: Option<NaiveDateTime>,
+    pub merchant_status: String,
+    pub cancel_at_period_end: Option<bool>,
+    pub row_error: Option<String>,
     pub status: String,
-    pub cancel_at_period_end: bool,
+    pub status_reason: Option<String>,
     pub next_cycle: Option<i32>,
     pub next_charge_at: Option<NaiveDateTime>,
     pub cycle_attempts: i32,
     pub cycle_declines: i32,
     pub paused_since: Option<NaiveDateTime>,
-    pub seen_status: Option<String>,
-    pub status_reason: Option<String>,
     pub claimed_by: Option<String>,
     pub claimed_until: Option<NaiveDateTime>,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
 }
 
 /// The merchant's columns of a new subscription.
@@ -121,6 +140,9 @@ pub struct ChargeRow {
     pub check_after: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub resolved_at: Option<NaiveDateTime>,
+    pub bid: Option<String>,
+    pub late_check_at: Option<NaiveDateTime>,
+    pub last_lookup_at: Option<NaiveDateTime>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -132,6 +154,7 @@ pub struct NewCharge {
     pub moid: String,
     pub tid: String,
     pub amount: i64,
+    pub bid: Option<String>,
     pub state: String,
     pub check_after: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
@@ -140,13 +163,16 @@ pub struct NewCharge {
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]
 #[diesel(table_name = billkey_removals)]
 pub struct RemovalRow {
+    pub id: i64,
     pub subscription_id: i64,
     pub bid: String,
+    pub reason: String,
     pub state: String,
     pub attempts: i32,
     pub moid: Option<String>,
     pub result_code: Option<String>,
     pub result_msg: Option<String>,
+    pub held_by: Option<i64>,
     pub next_attempt_at: NaiveDateTime,
     pub claimed_by: Option<String>,
     pub claimed_until: Option<NaiveDateTime>,

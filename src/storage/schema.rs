@@ -1,5 +1,8 @@
 //! Diesel's view of the tables in `migrations/{sqlite,postgres}`. One schema serves both
-//! backends: timestamps are `TIMESTAMP` holding UTC on both.
+//! backends: nicebill's timestamps are `TIMESTAMP` holding UTC on both. The merchant's
+//! `anchor_at`/`ends_at` are `TIMESTAMPTZ` on PostgreSQL; nicebill writes them (tests, the
+//! operator CLI) as UTC timestamps in UTC sessions, and reads every merchant column as raw
+//! text (`storage::merchant`), never through these types.
 
 diesel::table! {
     subscriptions (id) {
@@ -22,17 +25,33 @@ diesel::table! {
         ends_at -> Nullable<Timestamp>,
         status -> Text,
         cancel_at_period_end -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    billing_state (subscription_id) {
+        subscription_id -> BigInt,
+        status -> Text,
+        status_reason -> Nullable<Text>,
+        seen_status -> Nullable<Text>,
+        seen_bid -> Nullable<Text>,
         next_cycle -> Nullable<Integer>,
         next_charge_at -> Nullable<Timestamp>,
         cycle_attempts -> Integer,
         cycle_declines -> Integer,
         paused_since -> Nullable<Timestamp>,
-        seen_status -> Nullable<Text>,
-        status_reason -> Nullable<Text>,
         claimed_by -> Nullable<Text>,
         claimed_until -> Nullable<Timestamp>,
-        created_at -> Timestamp,
         updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    subscription_changes (seq) {
+        seq -> BigInt,
+        subscription_id -> BigInt,
     }
 }
 
@@ -57,18 +76,24 @@ diesel::table! {
         check_after -> Nullable<Timestamp>,
         created_at -> Timestamp,
         resolved_at -> Nullable<Timestamp>,
+        bid -> Nullable<Text>,
+        late_check_at -> Nullable<Timestamp>,
+        last_lookup_at -> Nullable<Timestamp>,
     }
 }
 
 diesel::table! {
-    billkey_removals (subscription_id) {
+    billkey_removals (id) {
+        id -> BigInt,
         subscription_id -> BigInt,
         bid -> Text,
+        reason -> Text,
         state -> Text,
         attempts -> Integer,
         moid -> Nullable<Text>,
         result_code -> Nullable<Text>,
         result_msg -> Nullable<Text>,
+        held_by -> Nullable<BigInt>,
         next_attempt_at -> Timestamp,
         claimed_by -> Nullable<Text>,
         claimed_until -> Nullable<Timestamp>,
@@ -89,4 +114,12 @@ diesel::table! {
 }
 
 diesel::joinable!(charges -> subscriptions (subscription_id));
-diesel::allow_tables_to_appear_in_same_query!(subscriptions, charges, billkey_removals, events);
+diesel::joinable!(billing_state -> subscriptions (subscription_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    subscriptions,
+    billing_state,
+    subscription_changes,
+    charges,
+    billkey_removals,
+    events
+);

@@ -1,0 +1,275 @@
+//! The billing vocabulary: ids, statuses, charge states, event kinds, and the two halves of a
+//! subscription — the merchant's row (what to charge, when) and nicebill's state (where billing
+//! stands). Storage maps rows to these; the planner and the engine speak only these.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::schedule::Cycle;
+
+/// A subscription's id (`subscriptions.id`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SubscriptionId(pub i64);
+
+/// A charge attempt's id (`charges.id`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ChargeId(pub i64);
+
+impl fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for ChargeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Writes the `as_str`/`FromStr`/`Display` trio of a text enum once.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownText;
+            fn from_str(s: &str) -> Result<Self, UnknownText> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownText {
+                        what: stringify!($name),
+                        text: other.chars().take(40).collect(),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// A stored text that is not one of an enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a known {what}")]
+pub struct UnknownText {
+    pub what: &'static str,
+    pub text: String,
+}
+
+text_enum! {
+    /// What the merchant asks for (`subscriptions.status`).
+    MerchantStatus {
+        Active => "active",
+        Paused => "paused",
+        Cancelled => "cancelled",
+    }
+}
+
+text_enum! {
+    /// nicebill's verdict on a subscription (`billing_state.status`): the merchant's intent,
+    /// or what billing found.
+    SubscriptionStatus {
+        Active => "active",
+        Paused => "paused",
+        Cancelled => "cancelled",
+        PastDue => "past_due",
+        CardInvalid => "card_invalid",
+        Ended => "ended",
+        Invalid => "invalid",
+    }
+}
+
+impl From<MerchantStatus> for SubscriptionStatus {
+    fn from(s: MerchantStatus) -> Self {
+        match s {
+            MerchantStatus::Active => SubscriptionStatus::Active,
+            MerchantStatus::Paused => SubscriptionStatus::Paused,
+            MerchantStatus::Cancelled => SubscriptionStatus::Cancelled,
+        }
+    }
+}
+
+impl SubscriptionStatus {
+    /// Statuses in which nothing will ever be charged again unless the merchant acts.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            SubscriptionStatus::Cancelled | SubscriptionStatus::Ended
+        )
+    }
+}
+
+text_enum! {
+    /// The state of one charge attempt (`charges.state`).
+    ChargeState {
+        /// Committed; the request may be on its way.
+        Pending => "pending",
+        /// Sent; the answer was lost or ambiguous; a status lookup decides.
+        Unknown => "unknown",
+        Approved => "approved",
+        Declined => "declined",
+        CardInvalid => "card_invalid",
+        RequestError => "request_error",
+        /// Never reached NICEPAY, or a lookup found no approval (looked up once more later).
+        NotCharged => "not_charged",
+        /// A lookup found it approved and then cancelled: not approved now.
+        Cancelled => "cancelled",
+        /// Approved at NICEPAY although another attempt of its cycle was approved too: a double
+        /// charge, found by a late lookup. Listed by `nicebill charges doubles`; never refunded
+        /// automatically.
+        Double => "double",
+    }
+}
+
+impl ChargeState {
+    /// Pending or unknown: the attempt may have been charged.
+    pub fn is_unresolved(self) -> bool {
+        matches!(self, ChargeState::Pending | ChargeState::Unknown)
+    }
+
+    /// The states the database's partial unique indexes name (kept in step with the
+    /// migrations): unresolved ones, and unresolved-or-approved ones.
+    pub const UNRESOLVED: [&'static str; 2] = ["pending", "unknown"];
+}
+
+text_enum! {
+    /// What an event records (`events.kind`).
+    EventKind {
+        Invalid => "invalid",
+        Revalidated => "revalidated",
+        Ended => "ended",
+        Cancelled => "cancelled",
+        CardInvalid => "card_invalid",
+        PastDue => "past_due",
+        StatusChanged => "status_changed",
+        Paused => "paused",
+        Resumed => "resumed",
+        Reactivated => "reactivated",
+        CycleSkipped => "cycle_skipped",
+        Declined => "declined",
+        RequestError => "request_error",
+        NotCharged => "not_charged",
+        ChargeCancelled => "charge_cancelled",
+        ApprovedLate => "approved_late",
+        DoubleCharge => "double_charge",
+        LookupMismatch => "lookup_mismatch",
+        BillkeyChanged => "billkey_changed",
+        BillkeyRemoved => "billkey_removed",
+        BillkeyRemovalFailed => "billkey_removal_failed",
+        BillkeyRemovalHeld => "billkey_removal_held",
+    }
+}
+
+impl EventKind {
+    /// The event of a status nicebill sets.
+    pub fn of_status(status: SubscriptionStatus) -> EventKind {
+        match status {
+            SubscriptionStatus::Ended => EventKind::Ended,
+            SubscriptionStatus::Cancelled => EventKind::Cancelled,
+            SubscriptionStatus::CardInvalid => EventKind::CardInvalid,
+            SubscriptionStatus::PastDue => EventKind::PastDue,
+            SubscriptionStatus::Invalid => EventKind::Invalid,
+            SubscriptionStatus::Active | SubscriptionStatus::Paused => EventKind::StatusChanged,
+        }
+    }
+}
+
+/// The merchant's row, read column by column from whatever bytes it holds and parsed strictly:
+/// each value has its type, nothing is yet checked against NICEPAY's rules (`plan::validate`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MerchantRow {
+    pub id: SubscriptionId,
+    pub external_id: String,
+    pub bid: String,
+    pub amount: i64,
+    pub goods_name: String,
+    pub buyer_name: Option<String>,
+    pub buyer_email: Option<String>,
+    pub buyer_tel: Option<String>,
+    pub card_quota: String,
+    pub card_interest: String,
+    pub interval_unit: String,
+    pub interval_count: i64,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub anchor_at: DateTime<Utc>,
+    pub max_cycles: Option<i64>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub cancel_at_period_end: bool,
+}
+
+/// Where billing of one subscription stands (`billing_state`), kept by nicebill alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BillingState {
+    pub status: SubscriptionStatus,
+    pub status_reason: Option<String>,
+    /// The next cycle not yet charged; `None` before the first decision.
+    pub next_cycle: Option<Cycle>,
+    /// When to act next: the cycle's due time, or a dunning retry after it.
+    pub next_charge_at: Option<DateTime<Utc>>,
+    pub cycle_attempts: u32,
+    pub cycle_declines: u32,
+    /// Set when a pause was noticed; the resume skips the cycles that came due meanwhile.
+    pub paused_since: Option<DateTime<Utc>>,
+}
+
+impl BillingState {
+    /// The state of a subscription nicebill has just noticed.
+    pub fn new(status: SubscriptionStatus) -> Self {
+        Self {
+            status,
+            status_reason: None,
+            next_cycle: None,
+            next_charge_at: None,
+            cycle_attempts: 0,
+            cycle_declines: 0,
+            paused_since: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_round_trip() {
+        for s in SubscriptionStatus::ALL {
+            assert_eq!(s.as_str().parse::<SubscriptionStatus>(), Ok(*s));
+        }
+        for s in ChargeState::ALL {
+            assert_eq!(s.as_str().parse::<ChargeState>(), Ok(*s));
+        }
+        for k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(*k));
+        }
+        assert!("frozen".parse::<MerchantStatus>().is_err());
+        let unresolved: Vec<&str> = ChargeState::ALL
+            .iter()
+            .filter(|s| s.is_unresolved())
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(unresolved, ChargeState::UNRESOLVED);
+    }
+}
