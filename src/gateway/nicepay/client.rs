@@ -208,23 +208,92 @@ pub struct Cancellation {
     pub pay_method: Option<String>,
 }
 
+/// What a status lookup says about the transaction of a TID.
+///
+/// Only [`TxState::Approved`] is money taken now. A cancelled transaction was approved once
+/// and then refunded in full: it is **not** an approval (and nothing in this gateway turns it
+/// into one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TxState {
-    /// `Status=0`: an approved transaction exists.
+    /// `Status=0`: an approved transaction exists (a partly refunded one included).
     Approved,
-    /// `Status=1`: it was approved and then cancelled.
+    /// `Status=1`: it was approved and then cancelled in full; no money is held now.
     Cancelled,
     /// `Status=9`: no approved transaction has this TID.
     NotFound,
 }
 
+/// The answer of a status lookup (`ResultCode=0000`).
+///
+/// A TID is only as unique as the merchants who make them, so the transaction found may be
+/// somebody else's (a TID collision): check [`TxStatus::matches`] against our order before
+/// taking an approval as ours.
 #[derive(Clone, Debug, Serialize)]
 pub struct TxStatus {
     pub tid: Tid,
     pub state: TxState,
     pub auth_code: Option<String>,
     pub auth_date: Option<String>,
+    /// `Moid`: the order id of the transaction found, as NICEPAY sent it (not checked
+    /// against our Moid rules: a foreign order id may contain anything). *Inferred*: the
+    /// legacy lookup's documentation names only `Status`, `TID`, `AuthCode` and `AuthDate`;
+    /// NICEPAY's current lookup (`GET /v1/payments/{tid}`) answers the order id (`orderId`),
+    /// so we read `Moid` when it is there and never require it.
+    pub moid: Option<String>,
+    /// `Amt`: the amount of the transaction found (zero-padded to 12 digits on the wire), the
+    /// amount originally approved, not what is left after partial refunds. *Inferred* like
+    /// `moid` (NICEPAY's current lookup answers it as `amount`, beside `balanceAmt` for the
+    /// remainder). Present but not digits is an error of the answer, never `None`.
+    pub amount: Option<Krw>,
+}
+
+/// Whether the transaction a status lookup found is the one we sent. See [`TxStatus::matches`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "match")]
+pub enum Match {
+    /// The answer names our Moid and our amount.
+    Same,
+    /// The answer names another Moid or another amount: the TID belongs to a different
+    /// transaction (a TID collision). `what` says which values differ, for the log.
+    Different { what: String },
+    /// The answer lacks `Moid` or `Amt` (and what it has agrees with ours), so it cannot
+    /// prove the transaction is ours. Treat it as "not proven ours", never as ours.
+    Unverifiable { missing: Vec<&'static str> },
+}
+
+impl TxStatus {
+    /// Compares the transaction found with our order: `moid` and `amount` as sent in the
+    /// approval.
+    ///
+    /// Any value present that differs makes the answer [`Match::Different`], even when the
+    /// other one is missing; otherwise a missing value makes it [`Match::Unverifiable`].
+    /// Moids compare exactly (case and all). This says nothing about the state: a cancelled
+    /// or not-found transaction can match too, so look at [`TxStatus::state`] as well (a
+    /// not-found answer carries no Moid or Amt and is `Unverifiable`).
+    pub fn matches(&self, moid: &str, amount: Krw) -> Match {
+        let mut differ = Vec::new();
+        let mut missing = Vec::new();
+        match self.moid.as_deref() {
+            Some(theirs) if theirs == moid => {}
+            Some(theirs) => differ.push(format!("Moid {theirs:?} is not ours ({moid:?})")),
+            None => missing.push("Moid"),
+        }
+        match self.amount {
+            Some(theirs) if theirs == amount => {}
+            Some(theirs) => differ.push(format!("Amt {theirs} is not ours ({amount})")),
+            None => missing.push("Amt"),
+        }
+        if !differ.is_empty() {
+            Match::Different {
+                what: differ.join("; "),
+            }
+        } else if !missing.is_empty() {
+            Match::Unverifiable { missing }
+        } else {
+            Match::Same
+        }
+    }
 }
 
 /// A call that produced no usable answer.
@@ -562,6 +631,8 @@ impl NicepayClient {
         })
     }
 
+    /// Looks a TID up. `class == Approved` means only that the lookup worked; what it found
+    /// is `data` ([`TxStatus::state`], and whether it is ours: [`TxStatus::matches`]).
     pub async fn status(&self, tid: &Tid) -> Result<Reply<TxStatus>, CallError> {
         let api = Api::Status;
         let edi = edi_date(self.clock.now());
@@ -576,31 +647,7 @@ impl NicepayClient {
         let fields = self
             .post(api, form.finish(), None, Some(tid.as_str()))
             .await?;
-        finish(api, fields, |f| {
-            let state = match f.require("Status")? {
-                "0" => TxState::Approved,
-                "1" => TxState::Cancelled,
-                "9" => TxState::NotFound,
-                other => {
-                    return Err(ParseError::Invalid(FieldError::new(
-                        "Status",
-                        format!("{other:?} is not 0, 1 or 9"),
-                    ))
-                    .into());
-                }
-            };
-            if let Some(answer_tid) = f.opt("TID")
-                && answer_tid != tid.as_str()
-            {
-                return Err(Untrusted(format!("status answer is for TID {answer_tid}")).into());
-            }
-            Ok(TxStatus {
-                tid: tid.clone(),
-                state,
-                auth_code: f.opt("AuthCode"),
-                auth_date: f.opt("AuthDate"),
-            })
-        })
+        finish(api, fields, |f| tx_status(tid, f))
     }
 
     async fn post(
@@ -669,6 +716,40 @@ impl NicepayClient {
         response::parse(&bytes, charset)
             .map_err(|e| CallError::transport(api, Transport::Unparsable, e.to_string()))
     }
+}
+
+/// The success fields of a status answer for `tid`.
+fn tx_status(tid: &Tid, f: &Fields) -> Result<TxStatus, ExtractError> {
+    let state = match f.require("Status")? {
+        "0" => TxState::Approved,
+        "1" => TxState::Cancelled,
+        "9" => TxState::NotFound,
+        other => {
+            return Err(ParseError::Invalid(FieldError::new(
+                "Status",
+                format!("{other:?} is not 0, 1 or 9"),
+            ))
+            .into());
+        }
+    };
+    if let Some(answer_tid) = f.opt("TID")
+        && answer_tid != tid.as_str()
+    {
+        return Err(Untrusted(format!("status answer is for TID {answer_tid}")).into());
+    }
+    // Empty counts as absent, as for every optional field; anything else must be digits.
+    let amount = match f.opt("Amt") {
+        Some(text) => Some(Krw::parse_digits("Amt", &text)?),
+        None => None,
+    };
+    Ok(TxStatus {
+        tid: tid.clone(),
+        state,
+        auth_code: f.opt("AuthCode"),
+        auth_date: f.opt("AuthDate"),
+        moid: f.opt("Moid"),
+        amount,
+    })
 }
 
 /// A success answer that does not match what we asked.
@@ -810,6 +891,140 @@ mod tests {
         assert_eq!(
             url.endpoint(Api::Status),
             "http://127.0.0.1:9/webapi/inquery/trans_status.jsp"
+        );
+    }
+
+    const TID: &str = "nictest04m01162612250900001234";
+
+    fn looked_up(moid: Option<&str>, amount: Option<i64>) -> TxStatus {
+        TxStatus {
+            tid: Tid::new(TID).unwrap(),
+            state: TxState::Approved,
+            auth_code: None,
+            auth_date: None,
+            moid: moid.map(str::to_owned),
+            amount: amount.map(|a| Krw::new(a).unwrap()),
+        }
+    }
+
+    #[test]
+    fn matches_compares_moid_and_amount() {
+        let ours = Krw::new(9_900).unwrap();
+        assert_eq!(
+            looked_up(Some("S17-C3-A2"), Some(9_900)).matches("S17-C3-A2", ours),
+            Match::Same
+        );
+        // (answer's Moid, answer's Amt, what the difference names)
+        let different = [
+            (Some("S99-C1-A1"), Some(9_900), vec!["Moid"]),
+            (Some("S17-C3-A2"), Some(5_000), vec!["Amt"]),
+            (Some("S99-C1-A1"), Some(5_000), vec!["Moid", "Amt"]),
+            // Case counts: an order id is compared as sent.
+            (Some("s17-c3-a2"), Some(9_900), vec!["Moid"]),
+            // A difference wins over a missing value.
+            (Some("S99-C1-A1"), None, vec!["Moid"]),
+            (None, Some(5_000), vec!["Amt"]),
+        ];
+        for (moid, amount, names) in different {
+            match looked_up(moid, amount).matches("S17-C3-A2", ours) {
+                Match::Different { what } => {
+                    for name in names {
+                        assert!(what.contains(name), "{moid:?} {amount:?}: {what}");
+                    }
+                }
+                other => panic!("{moid:?} {amount:?}: {other:?}"),
+            }
+        }
+        let unverifiable = [
+            (None, None, vec!["Moid", "Amt"]),
+            (Some("S17-C3-A2"), None, vec!["Amt"]),
+            (None, Some(9_900), vec!["Moid"]),
+        ];
+        for (moid, amount, want) in unverifiable {
+            assert_eq!(
+                looked_up(moid, amount).matches("S17-C3-A2", ours),
+                Match::Unverifiable { missing: want },
+                "{moid:?} {amount:?}"
+            );
+        }
+    }
+
+    fn status_answer(pairs: &[(&str, &str)]) -> Result<Reply<TxStatus>, CallError> {
+        let tid = Tid::new(TID).unwrap();
+        let mut all = vec![("ResultCode", "0000"), ("ResultMsg", "조회 성공")];
+        all.extend_from_slice(pairs);
+        finish(Api::Status, Fields::from_pairs(all), |f| tx_status(&tid, f))
+    }
+
+    #[test]
+    fn status_answers_parse() {
+        let reply = status_answer(&[
+            ("TID", TID),
+            ("Status", "0"),
+            ("Moid", "S17-C3-A2"),
+            ("Amt", "000000009900"),
+            ("AuthCode", "12345678"),
+        ])
+        .unwrap();
+        assert_eq!(reply.class, Class::Approved, "the lookup worked");
+        let status = reply.data.unwrap();
+        assert_eq!(status.state, TxState::Approved);
+        assert_eq!(status.moid.as_deref(), Some("S17-C3-A2"));
+        assert_eq!(status.amount.map(Krw::value), Some(9_900));
+        // Cancelled stays cancelled, with the Moid and Amt of the transaction.
+        let status = status_answer(&[("Status", "1"), ("Moid", "한글-주문"), ("Amt", "9900")])
+            .unwrap()
+            .data
+            .unwrap();
+        assert_eq!(status.state, TxState::Cancelled);
+        assert_eq!(status.moid.as_deref(), Some("한글-주문"));
+        assert_eq!(status.amount.map(Krw::value), Some(9_900));
+        // Not found: no Moid, no Amt; empty values count as absent.
+        let status = status_answer(&[("Status", "9"), ("Moid", ""), ("Amt", " ")])
+            .unwrap()
+            .data
+            .unwrap();
+        assert_eq!(status.state, TxState::NotFound);
+        assert_eq!((status.moid, status.amount), (None, None));
+    }
+
+    #[test]
+    fn status_answers_that_cannot_be_trusted() {
+        for amt in ["9,900", "-1", "12a", "0000000099000", "9.9"] {
+            let result = status_answer(&[("Status", "0"), ("Moid", "S1"), ("Amt", amt)]);
+            match result {
+                Err(
+                    ref e @ CallError::Transport {
+                        failure,
+                        ref detail,
+                        ..
+                    },
+                ) => {
+                    assert_eq!(failure, Transport::Unparsable, "{amt}");
+                    assert_eq!(e.class(), Class::Unknown, "{amt}");
+                    assert!(detail.contains("Amt"), "{amt}: {detail}");
+                }
+                other => panic!("Amt {amt:?}: {other:?}"),
+            }
+        }
+        for status in ["2", "", "approved"] {
+            let result = status_answer(&[("Status", status)]);
+            assert!(
+                matches!(result, Err(ref e) if e.class() == Class::Unknown),
+                "Status {status:?}: {result:?}"
+            );
+        }
+        let other_tid = "nictest04m01162612250900009999";
+        let result = status_answer(&[("Status", "0"), ("TID", other_tid)]);
+        assert!(
+            matches!(
+                result,
+                Err(CallError::Transport {
+                    failure: Transport::Untrusted,
+                    ..
+                })
+            ),
+            "{result:?}"
         );
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{
     Approval, ApproveRequest, BillkeyIssued, BillkeyRemoved, Buyer, CallError, CancelRequest,
-    Cancellation, ClientSettings, IssueRequest, NicepayClient, Reply, TxState, TxStatus,
+    Cancellation, ClientSettings, IssueRequest, Match, NicepayClient, Reply, TxState, TxStatus,
 };
 pub use codes::{Class, Transport};
 
