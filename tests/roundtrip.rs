@@ -3,7 +3,9 @@
 mod support;
 
 use nicebill::domain::{Krw, Moid};
-use nicebill::gateway::nicepay::{CallError, CancelRequest, Charset, Class, EdiType, TxState};
+use nicebill::gateway::nicepay::{
+    CallError, CancelRequest, Charset, Class, EdiType, Match, TxState,
+};
 use support::*;
 
 const FORMATS: [(Charset, EdiType); 4] = [
@@ -43,13 +45,15 @@ async fn every_api_in_every_format() {
             reply.result_msg
         );
 
-        // Status: approved.
+        // Status: approved, naming our order and amount.
+        let ours = Krw::positive(9_900).unwrap();
         let status = client.status(&tid).await.expect(&ctx);
-        assert_eq!(
-            status.data.as_ref().map(|s| s.state),
-            Some(TxState::Approved),
-            "{ctx}"
-        );
+        let found = status.data.expect("0000 carries data");
+        assert_eq!(found.state, TxState::Approved, "{ctx}");
+        assert_eq!(found.moid.as_deref(), Some(moid.as_str()), "{ctx}");
+        assert_eq!(found.amount, Some(ours), "{ctx}");
+        assert_eq!(found.matches(&moid, ours), Match::Same, "{ctx}");
+        assert!(found.auth_code.is_some(), "{ctx}");
 
         // Partial refund, then the rest.
         let cancel = |amount: i64, partial: bool| CancelRequest {
@@ -71,10 +75,16 @@ async fn every_api_in_every_format() {
             (1_000, Some(8_900))
         );
         let status = client.status(&tid).await.expect(&ctx);
+        let found = status.data.expect("0000 carries data");
         assert_eq!(
-            status.data.map(|s| s.state),
-            Some(TxState::Approved),
+            found.state,
+            TxState::Approved,
             "{ctx}: partly cancelled is still approved"
+        );
+        assert_eq!(
+            found.amount,
+            Some(ours),
+            "{ctx}: Amt is the amount approved, not what is left"
         );
         let rest = client.cancel(&cancel(8_900, false)).await.expect(&ctx);
         assert_eq!(
@@ -84,8 +94,22 @@ async fn every_api_in_every_format() {
         );
         let status = client.status(&tid).await.expect(&ctx);
         assert_eq!(
-            status.data.map(|s| s.state),
-            Some(TxState::Cancelled),
+            status.class,
+            Class::Approved,
+            "{ctx}: the lookup itself worked"
+        );
+        let found = status.data.expect("0000 carries data");
+        assert_eq!(found.state, TxState::Cancelled, "{ctx}: Status 1");
+        // Still our transaction, but cancelled: matching says nothing about the state.
+        assert_eq!(found.matches(&moid, ours), Match::Same, "{ctx}");
+
+        // A TID nobody approved: Status 9, nothing to compare.
+        let status = client.status(&client.new_tid()).await.expect(&ctx);
+        let found = status.data.expect("0000 carries data");
+        assert_eq!(found.state, TxState::NotFound, "{ctx}: Status 9");
+        assert_eq!((found.moid.as_deref(), found.amount), (None, None), "{ctx}");
+        assert!(
+            matches!(found.matches(&moid, ours), Match::Unverifiable { .. }),
             "{ctx}"
         );
         // A third refund is refused as a request error.
@@ -205,6 +229,57 @@ async fn duplicates_are_ambiguous_and_charge_nothing() {
     // A TID nobody approved: status 9.
     let unknown = client.status(&client.new_tid()).await.unwrap();
     assert_eq!(unknown.data.map(|s| s.state), Some(TxState::NotFound));
+    sim.shutdown().await;
+}
+
+/// Somebody else's transaction holds the TID: our approval answers A225, and the lookup that
+/// resolves it finds an approval, but of another order and amount.
+#[tokio::test]
+async fn tid_collision_lookup_names_the_foreign_order() {
+    let sim = sim().await;
+    for (i, (charset, edi)) in FORMATS.into_iter().enumerate() {
+        let ctx = format!("{charset:?}/{edi:?}");
+        let client = client(&sim, charset, edi);
+        let bid = issue(&client, "9410123456780000", &format!("col-issue-{i}")).await;
+        let tid = client.new_tid();
+        let foreign_moid = format!("외부-주문-{i}");
+        sim.seed_foreign_approval(&tid, &foreign_moid, Krw::positive(5_000).unwrap())
+            .expect(&ctx);
+        let moid = format!("col-S{i}-C1-A1");
+        let ours = Krw::positive(9_900).unwrap();
+        let reply = client
+            .approve(&approve_request(&bid, tid.clone(), &moid, 9_900))
+            .await
+            .expect(&ctx);
+        assert_eq!(
+            (reply.result_code.as_str(), reply.class),
+            ("A225", Class::Duplicate),
+            "{ctx}: {}",
+            reply.result_msg
+        );
+        assert!(reply.data.is_none(), "{ctx}");
+        let status = client.status(&tid).await.expect(&ctx);
+        let found = status.data.expect("0000 carries data");
+        assert_eq!(found.state, TxState::Approved, "{ctx}: Status 0");
+        assert_eq!(found.moid.as_deref(), Some(foreign_moid.as_str()), "{ctx}");
+        assert_eq!(found.amount.map(Krw::value), Some(5_000), "{ctx}");
+        match found.matches(&moid, ours) {
+            Match::Different { what } => {
+                assert!(
+                    what.contains("Moid") && what.contains("Amt"),
+                    "{ctx}: {what}"
+                )
+            }
+            other => panic!("{ctx}: a foreign transaction must not match, got {other:?}"),
+        }
+        assert!(
+            sim.ledger().iter().all(|e| e.moid != moid),
+            "{ctx}: our charge never happened"
+        );
+    }
+    let ledger = sim.ledger();
+    assert_eq!(ledger.len(), 4);
+    assert!(ledger.iter().all(|e| e.seeded));
     sim.shutdown().await;
 }
 

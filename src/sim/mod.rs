@@ -21,6 +21,7 @@
 //! | `POST /_sim/faults`     | body: JSON array of [`FaultRule`]; replaces the rules       |
 //! | `POST /_sim/latency`    | body: `{"ms":20}`; delay before every API answer           |
 //! | `POST /_sim/reset`      | forgets ledger, billkeys, TIDs and fault rules             |
+//! | `POST /_sim/foreign_approval` | body: `{"tid":…,"moid":…,"amount":9900}`; somebody else's approval holds the TID (see [`SimHandle::seed_foreign_approval`]) |
 //!
 //! The simulator accepts any card and signs with test keys, so it only ever listens on
 //! loopback addresses.
@@ -40,7 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::domain::{MerchantKey, Mid};
+use crate::domain::{Krw, MerchantKey, Mid, Tid};
 use crate::gateway::nicepay::Api;
 
 pub use state::{LedgerEntry, LedgerState};
@@ -261,6 +262,17 @@ impl SimHandle {
     /// Requests received per API ([`Api::as_str`]), whatever became of them.
     pub fn request_counts(&self) -> BTreeMap<String, u64> {
         self.shared.request_counts()
+    }
+
+    /// Makes `tid` a TID collision: records an approval of somebody else's order `moid` for
+    /// `amount` under it (as `POST /_sim/foreign_approval`). An approval with this TID then
+    /// answers `A225` (duplicate TID) and charges nothing, while a status lookup of it answers
+    /// `Status=0` with the foreign `Moid` and `Amt`. The entry shows in [`SimHandle::ledger`]
+    /// with `seeded: true`. Refused (with the reason) when the TID is not a billing TID of a
+    /// configured merchant or is already used, or that merchant already approved `moid`.
+    pub fn seed_foreign_approval(&self, tid: &Tid, moid: &str, amount: Krw) -> Result<(), String> {
+        self.shared
+            .seed_foreign_approval(tid.as_str(), moid, amount.value())
     }
 
     /// Forgets ledger, billkeys, TIDs and fault rules (as `POST /_sim/reset`).

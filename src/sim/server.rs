@@ -125,6 +125,15 @@ impl Shared {
         lock(&self.counts).clone()
     }
 
+    pub(super) fn seed_foreign_approval(
+        &self,
+        tid: &str,
+        moid: &str,
+        amount: i64,
+    ) -> Result<(), String> {
+        lock(&self.state).seed_foreign_approval(tid, moid, amount)
+    }
+
     pub(super) fn reset(&self) {
         lock(&self.state).reset();
         lock(&self.faults).rules.clear();
@@ -279,6 +288,15 @@ struct Latency {
     ms: u64,
 }
 
+/// The body of `POST /_sim/foreign_approval`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForeignApproval {
+    tid: String,
+    moid: String,
+    amount: i64,
+}
+
 async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Response<Body> {
     let ok = || json(StatusCode::OK, &serde_json::json!({ "ok": true }));
     match (req.method().clone(), name) {
@@ -313,9 +331,23 @@ async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Respons
             shared.reset();
             ok()
         }
-        (_, "health" | "ledger" | "requests" | "faults" | "latency" | "reset") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n")
+        (Method::POST, "foreign_approval") => {
+            let seed = match read_json::<ForeignApproval>(req).await {
+                Ok(seed) => seed,
+                Err(response) => return response,
+            };
+            match shared.seed_foreign_approval(&seed.tid, &seed.moid, seed.amount) {
+                Ok(()) => {
+                    tracing::info!(tid = seed.tid, moid = seed.moid, "foreign approval seeded");
+                    ok()
+                }
+                Err(e) => bad_request(&e),
+            }
         }
+        (
+            _,
+            "health" | "ledger" | "requests" | "faults" | "latency" | "reset" | "foreign_approval",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -559,6 +591,30 @@ mod tests {
         );
         let counts = sim.request_counts();
         assert_eq!(counts.get("status"), Some(&8), "{counts:?}");
+
+        // Seeding a foreign approval: refused with the reason, then done, then shown.
+        let url = format!("{base}/_sim/foreign_approval");
+        let tid = "nictest04m01162612250900001234";
+        assert_eq!(get(&http, url.clone()).await.0, 405);
+        let (code, body) = post(
+            &http,
+            url.clone(),
+            r#"{"tid":"short","moid":"x","amount":1}"#,
+        )
+        .await;
+        assert_eq!(code, 400);
+        assert!(body.contains("billing TID"), "{body}");
+        let (code, _) = post(&http, url.clone(), r#"{"tid":"x","moid":"x"}"#).await;
+        assert_eq!(code, 400);
+        let seed = format!(r#"{{"tid":"{tid}","moid":"foreign-1","amount":5000}}"#);
+        assert_eq!(post(&http, url.clone(), &seed).await.0, 200);
+        let (code, body) = post(&http, url, &seed).await;
+        assert_eq!(code, 400);
+        assert!(body.contains("already used"), "{body}");
+        let ledger = sim.ledger();
+        assert_eq!(ledger.len(), 1);
+        assert!(ledger[0].seeded && ledger[0].tid == tid && ledger[0].amount == 5000);
+        sim.reset();
         assert_eq!(counts.get("approve"), None);
         let (code, body) = get(&http, format!("{base}/_sim/requests")).await;
         assert_eq!((code, body), (200, r#"{"status":8}"#.to_owned()));

@@ -41,6 +41,10 @@ pub struct LedgerEntry {
     pub state: LedgerState,
     pub cancelled_amount: i64,
     pub approved_at: DateTime<Utc>,
+    /// Put there by [`SimState::seed_foreign_approval`] (somebody else's transaction that
+    /// holds the TID), not by an approval request.
+    #[serde(default)]
+    pub seeded: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,9 +285,61 @@ impl SimState {
         }
     }
 
-    /// Every successful approval, in order.
+    /// Every successful approval, in order, seeded ones included (marked `seeded`).
     pub fn ledger(&self) -> &[LedgerEntry] {
         &self.ledger
+    }
+
+    /// Records an approval that some other transaction made with `tid` (a TID collision):
+    /// from now on an approval with this TID answers `A225`, and a status lookup of it answers
+    /// `Status=0` with this `moid` and `amount`. The merchant is the TID's first 10
+    /// characters; a second approval of `moid` by that merchant answers `A127`, as for any
+    /// approved order. Refused when the TID is not a billing TID of a configured merchant, is
+    /// already used, the order is already approved, or the amount is not 1 to 12 digits.
+    pub fn seed_foreign_approval(
+        &mut self,
+        tid: &str,
+        moid: &str,
+        amount: i64,
+    ) -> Result<(), String> {
+        let mid = tid.get(..10).unwrap_or_default();
+        if !self.merchants.contains_key(mid) || !tid::is_billing_tid(tid, mid) {
+            return Err(format!(
+                "TID {tid:?} is not a billing TID of a configured merchant"
+            ));
+        }
+        if moid.trim().is_empty() {
+            return Err("the Moid is empty".into());
+        }
+        form::euc_kr_limited("Moid", moid, limits::MOID).map_err(|e| e.to_string())?;
+        if parse_amount(&amount.to_string()).is_none() {
+            return Err(format!("amount {amount} is not 1 to 12 digits of KRW"));
+        }
+        if self.used_tids.contains(tid) {
+            return Err(format!("TID {tid} is already used"));
+        }
+        let order = (mid.to_owned(), moid.to_owned());
+        if self.approved_moids.contains(&order) {
+            return Err(format!("Moid {moid} is already approved for {mid}"));
+        }
+        let auth_code = format!("{:08}", self.rng.random_range(0..100_000_000u32));
+        self.used_tids.insert(tid.to_owned());
+        self.approved_moids.insert(order);
+        self.by_tid.insert(tid.to_owned(), self.ledger.len());
+        self.ledger.push(LedgerEntry {
+            mid: mid.to_owned(),
+            tid: tid.to_owned(),
+            moid: moid.to_owned(),
+            bid: String::new(),
+            amount,
+            goods_name: String::new(),
+            auth_code,
+            state: LedgerState::Approved,
+            cancelled_amount: 0,
+            approved_at: self.clock.now(),
+            seeded: true,
+        });
+        Ok(())
     }
 
     /// Forgets billkeys, TIDs and the ledger; merchants stay.
@@ -458,6 +514,7 @@ impl SimState {
             state: LedgerState::Approved,
             cancelled_amount: 0,
             approved_at: now,
+            seeded: false,
         });
         self.approved_moids
             .insert((mid.as_str().to_owned(), moid.to_owned()));
@@ -586,6 +643,9 @@ impl SimState {
         ])
     }
 
+    /// `Status=0` for an approved or partly refunded transaction of this merchant, `1` for a
+    /// fully refunded one (both with `AuthCode`, `AuthDate`, `Moid` and `Amt`), `9` for
+    /// anything else: an unknown or declined TID, a billkey TID, another merchant's.
     fn status(&self, mid: &Mid, req: &Req) -> Fields {
         let tid = req.get("TID");
         let entry = self
@@ -607,6 +667,12 @@ impl SimState {
                 fields.push(("Status", status.into()));
                 fields.push(("AuthCode", e.auth_code.clone()));
                 fields.push(("AuthDate", kst(e.approved_at, "%y%m%d%H%M%S")));
+                // Moid and Amt are inferred for the legacy lookup (NICEPAY's current lookup
+                // answers them as orderId and amount). Amt is the amount approved, whatever
+                // was refunded since: the current lookup's `amount` is the payment amount,
+                // with the remainder apart as `balanceAmt`.
+                fields.push(("Moid", e.moid.clone()));
+                fields.push(("Amt", format!("{:012}", e.amount)));
             }
             None => fields.push(("Status", "9".into())),
         }
@@ -1249,6 +1315,10 @@ mod tests {
                 assert_eq!(e.state, want_state);
                 let want_status = if remaining == 0 { "1" } else { "0" };
                 assert_eq!(fx.status(&tid), want_status, "partly cancelled is approved");
+                // The lookup's Amt is the amount approved, not what is left.
+                let looked = fx.call(Api::Status, &fx.status_fields(&tid));
+                assert_eq!(looked.get("Amt"), Some("000000009900"), "{amt} {partial}");
+                assert_eq!(looked.get("Moid"), Some("order-1"));
             }
         }
         let mut fields = fx.cancel_fields(&tid, "1", true);
@@ -1330,6 +1400,13 @@ mod tests {
             Some(fx.sim.ledger()[0].auth_code.as_str())
         );
         assert_eq!(a.get("AuthDate"), Some("261225090000"));
+        assert_eq!(a.get("Moid"), Some("order-1"));
+        assert_eq!(a.get("Amt"), Some("000000000100"));
+        // Not found names no order.
+        let other = fx.tid(MID);
+        let a = fx.call(Api::Status, &fx.status_fields(&other));
+        assert_eq!(a.get("Status"), Some("9"));
+        assert_eq!((a.get("Moid"), a.get("Amt")), (None, None));
         // The billkey issue TID is not an approval.
         let issue_tid = fx.issue(CARD).get("TID").unwrap().to_owned();
         assert_eq!(fx.status(&issue_tid), "9");
@@ -1340,6 +1417,60 @@ mod tests {
             fx.approve(&bid, &tid, "order-2", "100").result_code(),
             "3095"
         );
+        assert_eq!(fx.status(&tid), "9");
+    }
+
+    #[test]
+    fn foreign_approvals() {
+        let mut fx = fx();
+        let bid = fx.bid(CARD);
+        let tid = fx.tid(MID);
+        fx.sim
+            .seed_foreign_approval(&tid, "someone-else-7", 5_000)
+            .unwrap();
+        // Our approval with that TID is a duplicate and charges nothing.
+        let fields = fx.approve_fields(&bid, &tid, "order-1", "9900");
+        check(&mut fx, "collision", Api::Approve, &fields, "A225", &tid);
+        // The lookup finds the foreign transaction.
+        let a = fx.call(Api::Status, &fx.status_fields(&tid));
+        assert_eq!(a.get("Status"), Some("0"));
+        assert_eq!(a.get("Moid"), Some("someone-else-7"));
+        assert_eq!(a.get("Amt"), Some("000000005000"));
+        assert_eq!(a.get("AuthCode").map(str::len), Some(8));
+        let ledger = fx.sim.ledger();
+        assert_eq!(ledger.len(), 1);
+        assert!(ledger[0].seeded && ledger[0].moid == "someone-else-7");
+        // It is an approved order like any other.
+        let other = fx.tid(MID);
+        let fields = fx.approve_fields(&bid, &other, "someone-else-7", "100");
+        check(&mut fx, "its Moid", Api::Approve, &fields, "A127", "");
+        // Refusals: (TID, Moid, amount, the reason mentions)
+        let fresh = fx.tid(MID);
+        let other_mid_tid = format!("unknown00m{}", &fresh[10..]);
+        let card_tid = format!("{MID}0101{}", &fresh[14..]);
+        let long_moid = "m".repeat(65);
+        let cases = [
+            (tid.as_str(), "x-1", 100, "already used"),
+            (fresh.as_str(), "someone-else-7", 100, "already approved"),
+            (other_mid_tid.as_str(), "x-1", 100, "billing TID"),
+            (card_tid.as_str(), "x-1", 100, "billing TID"),
+            ("short", "x-1", 100, "billing TID"),
+            (fresh.as_str(), "", 100, "Moid"),
+            (fresh.as_str(), &long_moid, 100, "Moid"),
+            (fresh.as_str(), "x-1", 0, "amount"),
+            (fresh.as_str(), "x-1", 1_000_000_000_000, "amount"),
+        ];
+        for (tid, moid, amount, mentions) in cases {
+            let err = fx.sim.seed_foreign_approval(tid, moid, amount).unwrap_err();
+            assert!(err.contains(mentions), "{tid} {moid} {amount}: {err}");
+        }
+        assert_eq!(fx.sim.ledger().len(), 1);
+        // The refused seeds did not spend the fresh TID: ours can still be approved with it.
+        assert_eq!(
+            fx.approve(&bid, &fresh, "order-1", "9900").result_code(),
+            "3001"
+        );
+        fx.sim.reset();
         assert_eq!(fx.status(&tid), "9");
     }
 
