@@ -413,9 +413,10 @@ impl Store {
                                 .eq(Some("approved (found by a late status lookup)")),
                         ))
                         .execute(c)?;
-                    // The subscription moves on only if it is still on that cycle.
+                    // The subscription moves on only if it is still on that cycle; if dunning
+                    // had given up on the cycle (past_due), it is paid after all.
                     let cycle = u32::try_from(charge.cycle).unwrap_or(1);
-                    diesel::update(billing_state::table.find(charge.subscription_id))
+                    let moved = diesel::update(billing_state::table.find(charge.subscription_id))
                         .filter(billing_state::next_cycle.eq(charge.cycle))
                         .set((
                             billing_state::next_cycle.eq(Some(cycle.saturating_add(1) as i32)),
@@ -425,6 +426,17 @@ impl Store {
                             billing_state::updated_at.eq(now),
                         ))
                         .execute(c)?;
+                    if moved == 1 {
+                        diesel::update(billing_state::table.find(charge.subscription_id))
+                            .filter(
+                                billing_state::status.eq(SubscriptionStatus::PastDue.as_str()),
+                            )
+                            .set((
+                                billing_state::status.eq(SubscriptionStatus::Active.as_str()),
+                                billing_state::status_reason.eq(None::<String>),
+                            ))
+                            .execute(c)?;
+                    }
                     insert_events(
                         c,
                         now,
