@@ -261,9 +261,14 @@ async fn run_once(engine: &Engine, db_clock: Option<&DbClock>) -> Result<PassRep
         let claimed_until = engine.store().due_claims_expire(now).await?;
         // A cycle found not charged (never sent, or proven never approved; by this run or a
         // crashed one) is due again after `resend_after`: "everything due now" includes it.
-        let resend_within = now
-            + crate::billing::engine::chrono_duration(engine.settings().policy.resend_after)
-            + chrono::Duration::seconds(1);
+        let resend_within = crate::storage::later(
+            now,
+            engine
+                .settings()
+                .policy
+                .resend_after
+                .saturating_add(Duration::from_secs(1)),
+        );
         let due_again = engine.store().next_resend(resend_within).await?;
         if unresolved.is_empty() && claimed_until.is_none() && due_again.is_none() {
             return Ok(total);
@@ -307,7 +312,7 @@ impl HealthWriter {
             .parse(&config.scheduler.tick)
             .ok()
             .and_then(|cron| {
-                let first = cron.find_next_occurrence(&Utc::now(), false).ok()?;
+                let first = cron.find_next_occurrence(&engine.now(), false).ok()?;
                 let second = cron.find_next_occurrence(&first, false).ok()?;
                 (second - first).to_std().ok()
             })

@@ -276,7 +276,7 @@ impl Engine {
     /// time: an approval found settles at once; "not found" still waits until the attempt
     /// cannot be in flight.
     pub async fn resolve_left_in_flight(&self) -> Result<PassReport, EngineError> {
-        self.resolve_by(self.clock.now() + chrono_duration(self.settings.settle))
+        self.resolve_by(later(self.clock.now(), self.settings.settle))
             .await
     }
 
@@ -1480,10 +1480,6 @@ fn describe<T>(result: &Result<Reply<T>, CallError>) -> String {
         Ok(r) => format!("{} {} [{}]", r.result_code, r.result_msg, r.class),
         Err(e) => format!("{e} [{}]", e.class()),
     }
-}
-
-pub(crate) fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 fn tally(outcomes: &[(Outcome, Settledness)], stats: &Stats) -> PassReport {
