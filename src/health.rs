@@ -413,7 +413,15 @@ mod tests {
         assert_eq!(check(&path, Some(120), now).0, 0);
         std::fs::write(&path, "{").unwrap();
         assert_eq!(check(&path, None, now).0, 2);
-        let text = prometheus(&health(Status::Degraded, now));
+        let text = prometheus(&Health {
+            double_charges: 2,
+            ..health(Status::Degraded, now)
+        });
+        assert!(
+            text.contains("nicebill_double_charges 2\n")
+                && text.contains("# TYPE nicebill_double_charges gauge"),
+            "{text}"
+        );
         assert!(
             text.contains("nicebill_status 1\n")
                 && text.contains("# TYPE nicebill_charged_total counter"),

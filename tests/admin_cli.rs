@@ -775,6 +775,7 @@ fn every_command_and_flag_has_help() {
         &["subscription", "resume"],
         &["subscription", "cancel"],
         &["charges", "list"],
+        &["charges", "doubles"],
         &["events", "list"],
     ];
     for cmd in commands {

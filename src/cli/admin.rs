@@ -37,7 +37,7 @@ const STATUSES: [&str; 7] = [
 ];
 
 /// Every state a charge attempt can have (for `--state`).
-const CHARGE_STATES: [&str; 7] = [
+const CHARGE_STATES: [&str; 9] = [
     "pending",
     "approved",
     "declined",
@@ -45,6 +45,8 @@ const CHARGE_STATES: [&str; 7] = [
     "request_error",
     "not_charged",
     "unknown",
+    "cancelled",
+    "double",
 ];
 
 #[derive(Debug, clap::Subcommand)]
@@ -72,6 +74,10 @@ pub enum SubscriptionCommand {
 pub enum ChargesCommand {
     /// List charge attempts, newest first.
     List(ChargesListArgs),
+    /// List double charges, newest first: cycles a late status lookup found approved twice
+    /// (TID of the late approval and of the cycle's approval). Nothing is refunded
+    /// automatically: refund one of each pair with `nicebill refund`. Exit 0 either way.
+    Doubles(DoublesArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -193,6 +199,13 @@ pub struct ChargesListArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct DoublesArgs {
+    /// Print the double charges as a JSON array (times in UTC).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct EventsListArgs {
     /// Only events of this subscription (its id, or its external_id).
     #[arg(long, value_name = "ID_OR_EXTERNAL_ID")]
@@ -223,6 +236,7 @@ pub async fn subscription(config: &Path, cmd: SubscriptionCommand) -> Result<(),
 pub async fn charges(config: &Path, cmd: ChargesCommand) -> Result<(), CliError> {
     match cmd {
         ChargesCommand::List(args) => list_charges(config, args).await,
+        ChargesCommand::Doubles(args) => list_doubles(config, args).await,
     }
 }
 
@@ -863,6 +877,91 @@ fn charges_table(rows: &[ChargeRow], tz: Tz) -> Table {
     }
     align_right(&mut t, &[0, 1, 2, 3, 6]);
     t
+}
+
+/// One double charge: the attempt a late lookup found approved, and the cycle's approval.
+#[derive(Debug, Serialize)]
+struct DoubleCharge {
+    subscription_id: i64,
+    external_id: Option<String>,
+    cycle: i32,
+    amount: i64,
+    /// The attempt found approved late (state `double`).
+    charge_id: i64,
+    tid: String,
+    moid: String,
+    /// The cycle's recorded approval.
+    approved_charge_id: Option<i64>,
+    approved_tid: Option<String>,
+    approved_moid: Option<String>,
+    /// When the late lookup found it.
+    found_at: Option<NaiveDateTime>,
+}
+
+async fn list_doubles(config_path: &Path, args: DoublesArgs) -> Result<(), CliError> {
+    let config = load(config_path)?;
+    let store = open(&config).await?;
+    let mut doubles = Vec::new();
+    for d in store.doubles().await.map_err(db)? {
+        let approved = store
+            .charges(Some(d.subscription_id))
+            .await
+            .map_err(db)?
+            .into_iter()
+            .find(|c| c.cycle == d.cycle && c.state == "approved" && c.id != d.id);
+        let external_id = store
+            .subscription(d.subscription_id)
+            .await
+            .map_err(db)?
+            .map(|s| s.external_id);
+        doubles.push(DoubleCharge {
+            subscription_id: d.subscription_id,
+            external_id,
+            cycle: d.cycle,
+            amount: d.amount,
+            charge_id: d.id,
+            tid: d.tid,
+            moid: d.moid,
+            approved_charge_id: approved.as_ref().map(|a| a.id),
+            approved_tid: approved.as_ref().map(|a| a.tid.clone()),
+            approved_moid: approved.map(|a| a.moid),
+            found_at: d.resolved_at.or(d.last_lookup_at),
+        });
+    }
+    if args.json {
+        return print_json(&doubles);
+    }
+    if doubles.is_empty() {
+        return emit("no double charges");
+    }
+    let tz = config.policy.timezone;
+    let found = format!("found ({tz})");
+    let mut t = table(&[
+        "subscription",
+        "external id",
+        "cycle",
+        "TID (found late)",
+        "TID (approved)",
+        "amount",
+        &found,
+    ]);
+    for d in &doubles {
+        t.add_row(vec![
+            d.subscription_id.to_string(),
+            or_dash(d.external_id.clone()),
+            d.cycle.to_string(),
+            d.tid.clone(),
+            or_dash(d.approved_tid.clone()),
+            krw(d.amount),
+            local_opt(d.found_at, tz, SECONDS),
+        ]);
+    }
+    align_right(&mut t, &[0, 2, 5]);
+    emit(format!(
+        "{t}\n{} cycle(s) charged twice. Nothing was refunded: refund one TID of each with \
+         `nicebill refund TID --amount KRW --reason TEXT`.",
+        doubles.len()
+    ))
 }
 
 async fn list_events(config_path: &Path, args: EventsListArgs) -> Result<(), CliError> {

@@ -9,7 +9,9 @@
 //!
 //! Faults ([`FaultRule`]) make the transport misbehave the ways that matter for "at most one
 //! charge per cycle": a 500 page, a connection dropped before or after the charge, an answer
-//! that never comes, a body that is not an answer, a cancel answer with a wrong `Signature`.
+//! that never comes, a body that is not an answer, a cancel answer with a wrong `Signature`,
+//! and a request held back before it is processed (an approval that lands late: until then a
+//! status lookup finds nothing).
 //!
 //! Control endpoints on the same port (never delayed, never faulted):
 //!
@@ -20,6 +22,7 @@
 //! | `GET /_sim/requests`    | requests received per API (`{"approve":3,…}`)              |
 //! | `POST /_sim/faults`     | body: JSON array of [`FaultRule`]; replaces the rules       |
 //! | `POST /_sim/latency`    | body: `{"ms":20}`; delay before every API answer           |
+//! | `POST /_sim/hold`       | body: `{"ms":10000}`; how long a `hold_before` request is held |
 //! | `POST /_sim/reset`      | forgets ledger, billkeys, TIDs and fault rules             |
 //! | `POST /_sim/foreign_approval` | body: `{"tid":…,"moid":…,"amount":9900}`; somebody else's approval holds the TID (see [`SimHandle::seed_foreign_approval`]) |
 //!
@@ -55,6 +58,8 @@ pub struct SimConfig {
     pub merchants: Vec<(Mid, MerchantKey)>,
     /// Delay before every API answer.
     pub latency: Duration,
+    /// How long a [`FaultMode::HoldBefore`] request is held before it is processed.
+    pub hold: Duration,
     pub faults: Vec<FaultRule>,
     /// Seeds fault draws and minted identifiers, so that a run can be repeated.
     pub seed: u64,
@@ -69,6 +74,7 @@ impl std::fmt::Debug for SimConfig {
             .field("listen", &self.listen)
             .field("merchants", &mids)
             .field("latency", &self.latency)
+            .field("hold", &self.hold)
             .field("faults", &self.faults)
             .field("seed", &self.seed)
             .finish_non_exhaustive()
@@ -88,12 +94,14 @@ const DEFAULT_MERCHANTS: &[(&str, &str)] = &[
 ];
 
 impl SimConfig {
-    /// The default merchants, no latency, no faults, seed 0, the system clock.
+    /// The default merchants, no latency, no faults (a held request: 10 s), seed 0, the
+    /// system clock.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
             merchants: Self::default_merchants(),
             latency: Duration::ZERO,
+            hold: DEFAULT_HOLD,
             faults: Vec::new(),
             seed: 0,
             clock: Arc::new(SystemClock),
@@ -114,6 +122,11 @@ impl SimConfig {
     }
 }
 
+/// How long a [`FaultMode::HoldBefore`] request is held unless configured otherwise.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(10);
+/// The longest hold that can be configured (`--hold-ms`, `POST /_sim/hold`).
+pub const MAX_HOLD: Duration = Duration::from_secs(3600);
+
 /// How a faulted request goes wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,6 +139,12 @@ pub enum FaultMode {
     DropAfter,
     /// Process the request, then never answer (until the simulator shuts down).
     HangAfter,
+    /// Hold the request for the configured hold (`--hold-ms`, `POST /_sim/hold`; default
+    /// 10 s) before processing it, then process it (an approval is recorded then, even if the
+    /// client has given up) and answer. Meanwhile a status lookup of its TID finds nothing
+    /// (`Status=9`): an approval that lands late. A shutdown during the hold drops the request
+    /// unprocessed.
+    HoldBefore,
     /// Process the request, then answer 200 with a body that is not a NICEPAY answer.
     Garbage,
     /// Cancel only: process the cancel, answer with a wrong `Signature`.
@@ -133,11 +152,12 @@ pub enum FaultMode {
 }
 
 impl FaultMode {
-    pub const ALL: [FaultMode; 6] = [
+    pub const ALL: [FaultMode; 7] = [
         FaultMode::Http500,
         FaultMode::DropBefore,
         FaultMode::DropAfter,
         FaultMode::HangAfter,
+        FaultMode::HoldBefore,
         FaultMode::Garbage,
         FaultMode::BadCancelSignature,
     ];
@@ -149,6 +169,7 @@ impl FaultMode {
             FaultMode::DropBefore => "drop_before",
             FaultMode::DropAfter => "drop_after",
             FaultMode::HangAfter => "hang_after",
+            FaultMode::HoldBefore => "hold_before",
             FaultMode::Garbage => "garbage",
             FaultMode::BadCancelSignature => "bad_cancel_signature",
         }
@@ -259,6 +280,11 @@ impl SimHandle {
         self.shared.set_latency(latency);
     }
 
+    /// How long a [`FaultMode::HoldBefore`] request is held (at most [`MAX_HOLD`]).
+    pub fn set_hold(&self, hold: Duration) {
+        self.shared.set_hold(hold.min(MAX_HOLD));
+    }
+
     /// Requests received per API ([`Api::as_str`]), whatever became of them.
     pub fn request_counts(&self) -> BTreeMap<String, u64> {
         self.shared.request_counts()
@@ -322,8 +348,14 @@ pub struct SimArgs {
     /// Delay before every API answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// How long a `hold_before` request is held before it is processed, in milliseconds
+    /// (at most one hour).
+    #[arg(long, default_value_t = DEFAULT_HOLD.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_HOLD.as_millis() as u64))]
+    pub hold_ms: u64,
     /// A fault rule, `MODE[:API[:PROBABILITY[:COUNT]]]`, e.g. `drop_after:approve:0.05`.
-    /// MODE: http500, drop_before, drop_after, hang_after, garbage, bad_cancel_signature.
+    /// MODE: http500, drop_before, drop_after, hang_after, hold_before, garbage,
+    /// bad_cancel_signature.
     /// API: billkey_issue, approve, billkey_remove, cancel, status or any. Repeatable; the
     /// first matching rule wins.
     #[arg(long = "fault", value_name = "RULE", value_parser = parse_fault)]
@@ -408,6 +440,7 @@ pub async fn serve(args: SimArgs, shutdown: impl Future<Output = ()>) -> std::io
         config.merchants.push((mid, key));
     }
     config.latency = Duration::from_millis(args.latency_ms);
+    config.hold = Duration::from_millis(args.hold_ms).min(MAX_HOLD);
     config.faults = args.faults;
     config.seed = args.seed;
     let mids: Vec<&str> = config.merchants.iter().map(|(m, _)| m.as_str()).collect();
@@ -508,13 +541,21 @@ mod tests {
             "abcdefghij=0123456789abcdef",
             "--latency-ms",
             "20",
+            "--fault",
+            "hold_before:approve:1:1",
+            "--hold-ms",
+            "2500",
         ])
         .unwrap();
-        assert_eq!(cli.sim.faults.len(), 2);
+        assert_eq!(cli.sim.faults.len(), 3);
+        assert_eq!(cli.sim.faults[2].mode, FaultMode::HoldBefore);
         assert_eq!(cli.sim.merchants.len(), 1);
         assert_eq!(cli.sim.latency_ms, 20);
+        assert_eq!(cli.sim.hold_ms, 2500);
         let defaults = Cli::try_parse_from(["sim"]).unwrap();
         assert_eq!(defaults.sim.listen, "127.0.0.1:8585".parse().unwrap());
+        assert_eq!(defaults.sim.hold_ms, 10_000);
+        assert!(Cli::try_parse_from(["sim", "--hold-ms", "3600001"]).is_err());
     }
 
     #[tokio::test]
@@ -523,6 +564,7 @@ mod tests {
             let args = SimArgs {
                 listen: listen.parse().unwrap(),
                 latency_ms: 0,
+                hold_ms: 0,
                 faults: vec![],
                 merchants: vec![],
                 seed: 0,

@@ -87,6 +87,7 @@ pub(super) struct Shared {
     state: Mutex<SimState>,
     faults: Mutex<FaultPlan>,
     latency: Mutex<Duration>,
+    hold: Mutex<Duration>,
     counts: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -105,6 +106,7 @@ impl Shared {
                 config.seed ^ 0x5eed_fa17,
             )),
             latency: Mutex::new(config.latency),
+            hold: Mutex::new(config.hold),
             counts: Mutex::new(BTreeMap::new()),
         }
     }
@@ -119,6 +121,10 @@ impl Shared {
 
     pub(super) fn set_latency(&self, latency: Duration) {
         *lock(&self.latency) = latency;
+    }
+
+    pub(super) fn set_hold(&self, hold: Duration) {
+        *lock(&self.hold) = hold;
     }
 
     pub(super) fn request_counts(&self) -> BTreeMap<String, u64> {
@@ -256,7 +262,32 @@ async fn respond(
         Some(FaultMode::BadCancelSignature) => Tamper::CancelSignature,
         _ => Tamper::None,
     };
-    let answer = lock(&shared.state).handle(api, &body, tamper);
+    let answer = if fault == Some(FaultMode::HoldBefore) {
+        // Held in a task of its own: the request is processed when the hold is over even if
+        // the client has hung up by then (which ends this connection and drops this future).
+        let hold = *lock(&shared.hold);
+        let held = Arc::clone(&shared);
+        let stop = stop.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(hold) => {}
+                () = stopped(stop) => return None,
+            }
+            let answer = lock(&held.state).handle(api, &body, tamper);
+            tracing::debug!(
+                api = api.as_str(),
+                result_code = answer.result_code(),
+                "held request processed"
+            );
+            Some(answer)
+        });
+        match task.await {
+            Ok(Some(answer)) => answer,
+            _ => return Err(Dropped("hold_before: shutting down")),
+        }
+    } else {
+        lock(&shared.state).handle(api, &body, tamper)
+    };
     match fault {
         Some(FaultMode::DropAfter) => Err(Dropped("drop_after")),
         Some(FaultMode::HangAfter) => {
@@ -285,6 +316,13 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Latency {
+    ms: u64,
+}
+
+/// The body of `POST /_sim/hold`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hold {
     ms: u64,
 }
 
@@ -327,6 +365,22 @@ async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Respons
             shared.set_latency(Duration::from_millis(latency.ms));
             ok()
         }
+        (Method::POST, "hold") => {
+            let hold = match read_json::<Hold>(req).await {
+                Ok(hold) => hold,
+                Err(response) => return response,
+            };
+            let hold = Duration::from_millis(hold.ms);
+            if hold > super::MAX_HOLD {
+                return bad_request(&format!(
+                    "hold {} ms is longer than {} ms",
+                    hold.as_millis(),
+                    super::MAX_HOLD.as_millis()
+                ));
+            }
+            shared.set_hold(hold);
+            ok()
+        }
         (Method::POST, "reset") => {
             shared.reset();
             ok()
@@ -346,7 +400,8 @@ async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Respons
         }
         (
             _,
-            "health" | "ledger" | "requests" | "faults" | "latency" | "reset" | "foreign_approval",
+            "health" | "ledger" | "requests" | "faults" | "latency" | "hold" | "reset"
+            | "foreign_approval",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -582,6 +637,12 @@ mod tests {
         post(&http, format!("{base}{status_path}"), "").await;
         assert!(started.elapsed() >= Duration::from_millis(30));
         sim.set_latency(Duration::ZERO);
+        let hold = format!("{base}/_sim/hold");
+        assert_eq!(post(&http, hold.clone(), r#"{"ms":2500}"#).await.0, 200);
+        let (code, body) = post(&http, hold.clone(), r#"{"ms":3600001}"#).await;
+        assert_eq!(code, 400);
+        assert!(body.contains("longer than"), "{body}");
+        assert_eq!(get(&http, hold).await.0, 405);
         sim.set_faults(vec![rule(FaultMode::Http500, None, None, 1.0)]);
         assert_eq!(post(&http, format!("{base}/_sim/reset"), "").await.0, 200);
         assert_eq!(post(&http, format!("{base}{status_path}"), "").await.0, 200);
@@ -683,6 +744,34 @@ mod tests {
             );
         }
         assert_eq!(sim.ledger().len(), 3);
+
+        // A held approval lands late: the client gives up, a lookup finds nothing, and once the
+        // hold is over the approval is recorded and found.
+        sim.set_hold(Duration::from_secs(2));
+        sim.set_faults(vec![rule(
+            FaultMode::HoldBefore,
+            Some(Api::Approve),
+            Some(1),
+            1.0,
+        )]);
+        let tid = client.new_tid();
+        let result = client.approve(&approve(tid.clone(), "srv-late")).await;
+        assert_eq!(class_of(&result), Class::Unknown, "{result:?}");
+        let status = client.status(&tid).await.unwrap();
+        assert_eq!(status.data.map(|s| s.state), Some(TxState::NotFound));
+        assert_eq!(sim.ledger().len(), 3, "nothing recorded during the hold");
+        let mut found = None;
+        for _ in 0..100 {
+            let status = client.status(&tid).await.unwrap();
+            if status.data.as_ref().map(|s| s.state) == Some(TxState::Approved) {
+                found = status.data;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(found.is_some(), "the held approval was never recorded");
+        assert_eq!(sim.ledger().len(), 4);
+        assert_eq!(sim.ledger()[3].moid, "srv-late");
 
         // A request still hanging does not keep shutdown waiting.
         sim.set_faults(vec![rule(FaultMode::HangAfter, None, None, 1.0)]);
