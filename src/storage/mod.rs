@@ -496,6 +496,11 @@ fn insert_events(
 
 /// Queues removal of `bid` for subscription `id` unless it is queued (or done) already.
 /// Whether it may really be removed is decided when it is due (`claim_removals`).
+///
+/// Text that is not a billkey NICEPAY could have issued (empty, white space around it, …) is
+/// not queued: it can never be sent (the engine refuses it as a `Bid`, so the removal would
+/// fail and be retried for ever), nothing was ever charged with it (such a row is invalid),
+/// and trimming it into a billkey would be deciding for the merchant which card was meant.
 fn queue_removal(
     c: &mut AnyConnection,
     id: SubscriptionId,
@@ -503,7 +508,7 @@ fn queue_removal(
     reason: &str,
     now: NaiveDateTime,
 ) -> Result<(), StoreError> {
-    if bid.trim().is_empty() {
+    if crate::domain::Bid::new(bid).is_err() {
         return Ok(());
     }
     let exists: i64 = billkey_removals::table

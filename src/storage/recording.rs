@@ -501,7 +501,10 @@ impl Store {
 }
 
 /// An attempt the database refused: never sent. Its claim is released; if its cycle is
-/// approved already (bookkeeping behind the ledger), the subscription moves past it.
+/// approved already (bookkeeping behind the ledger), the subscription moves past it. Behind
+/// means any earlier cycle or none at all (a row the first schema's stale save wound back, or
+/// one the catch-up moved past several approved cycles): left there, it would be claimed and
+/// refused again at once, and the pass would never end.
 fn refuse(c: &mut AnyConnection, a: &StartAttempt, now: NaiveDateTime) -> Result<(), StoreError> {
     let approved: i64 = charges::table
         .filter(charges::subscription_id.eq(a.subscription_id.0))
@@ -518,7 +521,11 @@ fn refuse(c: &mut AnyConnection, a: &StartAttempt, now: NaiveDateTime) -> Result
     );
     if approved > 0 {
         diesel::update(billing_state::table.find(a.subscription_id.0))
-            .filter(billing_state::next_cycle.eq(a.cycle as i32))
+            .filter(
+                billing_state::next_cycle
+                    .is_null()
+                    .or(billing_state::next_cycle.le(a.cycle as i32)),
+            )
             .set((
                 billing_state::next_cycle.eq(Some(a.cycle.saturating_add(1) as i32)),
                 billing_state::next_charge_at.eq(None::<NaiveDateTime>),
