@@ -358,6 +358,7 @@ impl Engine {
             // While NICEPAY is unreachable, claiming more only piles up attempts that fail: the
             // first batch of a pass probes it, and if it is still down the next tick tries again.
             let mut probed = false;
+            let mut seen = std::collections::HashSet::new();
             loop {
                 if self.stopping() || (probed && self.gateway_down()) {
                     break;
@@ -385,8 +386,24 @@ impl Engine {
                 if rows.is_empty() {
                     break;
                 }
-                report.claimed += rows.len();
-                let in_flight = self.start(rows, now, &mut report).await?;
+                // Each subscription is decided at most once per pass: one claimed again (a
+                // decision that left it due, an attempt the database refused) waits for the
+                // next pass instead of spinning this one.
+                let (fresh, again): (Vec<Claimed>, Vec<Claimed>) =
+                    rows.into_iter().partition(|r| seen.insert(r.id));
+                if !again.is_empty() {
+                    let ids: Vec<SubscriptionId> = again.iter().map(|r| r.id).collect();
+                    tracing::debug!(
+                        count = ids.len(),
+                        "claimed again within one pass; left for the next"
+                    );
+                    self.store.release_claims(&s.owner, &ids).await?;
+                }
+                if fresh.is_empty() {
+                    break;
+                }
+                report.claimed += fresh.len();
+                let in_flight = self.start(fresh, now, &mut report).await?;
                 report.attempts += in_flight.len();
                 for attempt in in_flight {
                     // The sender stops only when this queue closes.

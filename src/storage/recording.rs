@@ -459,6 +459,31 @@ impl Store {
         .await
     }
 
+    /// Gives up claims this owner holds, without changing anything else.
+    pub async fn release_claims(
+        &self,
+        owner: &str,
+        ids: &[SubscriptionId],
+    ) -> Result<usize, StoreError> {
+        let owner = owner.to_owned();
+        let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        self.write(move |c| {
+            let mut n = 0;
+            for chunk in ids.chunks(super::MAX_IDS_PER_STATEMENT) {
+                n += diesel::update(billing_state::table)
+                    .filter(billing_state::subscription_id.eq_any(chunk))
+                    .filter(billing_state::claimed_by.eq(&owner))
+                    .set((
+                        billing_state::claimed_by.eq(None::<String>),
+                        billing_state::claimed_until.eq(None::<NaiveDateTime>),
+                    ))
+                    .execute(c)?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     /// Records one removal attempt: done, or pending again at `retry_at`.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_removal(
