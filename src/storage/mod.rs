@@ -174,11 +174,14 @@ impl ManageConnection for Manager {
                 let mut conn =
                     diesel::PgConnection::establish(url).map_err(|e| fail(e.to_string()))?;
                 // synchronous_commit on: "committed before sent" must not depend on the
-                // server's default.
+                // server's default. DateStyle ISO: the merchant's columns are read in their
+                // text form (`storage::merchant`), which for a timestamp follows the session's
+                // DateStyle; a server, database or role set to 'German' or 'SQL, DMY' would
+                // otherwise make every row's anchor_at unreadable.
                 conn.batch_execute(
                     "SET statement_timeout = '30s'; SET lock_timeout = '10s'; \
                      SET idle_in_transaction_session_timeout = '60s'; SET TIME ZONE 'UTC'; \
-                     SET synchronous_commit = on;",
+                     SET DateStyle = 'ISO, YMD'; SET synchronous_commit = on;",
                 )
                 .map_err(|e| fail(e.to_string()))?;
                 Ok(AnyConnection::Postgres(conn))
