@@ -193,8 +193,15 @@ impl ManageConnection for Manager {
         conn.batch_execute("SELECT 1").map_err(StoreError::from)
     }
 
-    fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
-        false
+    /// A connection dropped while its thread panics, or with a transaction still open, goes:
+    /// back in the pool it would keep that transaction (and on SQLite the write lock) open
+    /// for every later user.
+    fn has_broken(&self, conn: &mut AnyConnection) -> bool {
+        use diesel::connection::TransactionManager;
+        std::thread::panicking()
+            || <AnyConnection as Connection>::TransactionManager::is_broken_transaction_manager(
+                conn,
+            )
     }
 }
 
