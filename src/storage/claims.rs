@@ -189,7 +189,7 @@ impl Store {
                     break;
                 }
                 let pick = "FROM billing_state b JOIN subscriptions s ON s.id = b.subscription_id \
-                            WHERE b.status = 'active' AND s.status = 'active' AND {due} \
+                            WHERE b.status = 'active' AND {merchant_active} AND {due} \
                             AND (b.claimed_until IS NULL OR b.claimed_until < {now}) \
                             AND NOT EXISTS (SELECT 1 FROM charges ch \
                               WHERE ch.subscription_id = b.subscription_id \
@@ -204,6 +204,7 @@ impl Store {
                              RETURNING subscription_id",
                             pick.replace("{due}", &due_clause.replace("{now}", "$3"))
                                 .replace("{now}", "$3")
+                                .replace("{merchant_active}", "s.status = 'active'")
                         );
                         diesel::sql_query(sql)
                             .bind::<Text, _>(&owner)
@@ -221,6 +222,10 @@ impl Store {
                              RETURNING subscription_id",
                             pick.replace("{due}", &due_clause.replace("{now}", "?3"))
                                 .replace("{now}", "?3")
+                                // The merchant's status as the text its bytes spell, as
+                                // `notice` reads it: a BLOB 'active' (a driver binding bytes)
+                                // is 'active' there, and must not be left unclaimed here.
+                                .replace("{merchant_active}", "CAST(s.status AS TEXT) = 'active'")
                         );
                         diesel::sql_query(sql)
                             .bind::<Text, _>(&owner)

@@ -254,6 +254,11 @@ const YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
 pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
     let t = text.trim();
     let bad = |why: &str| format!("{:?} {why}", t.chars().take(40).collect::<String>());
+    // Every form accepted below is ASCII; checking first also keeps the byte offsets below on
+    // character boundaries (a multi-byte character there would panic the slicing).
+    if !t.is_ascii() {
+        return Err(bad("is not a date-time like 2026-12-01 09:00:00"));
+    }
     if t.len() < 19 {
         if t.len() == 10 && t.as_bytes()[4] == b'-' {
             return Err(bad(
@@ -373,6 +378,11 @@ mod tests {
             "2026-12-01 09:00:00 KST",
             "0001-01-01 00:00:00",
             "12/01/2026 09:00:00",
+            // Multi-byte characters where offsets are sliced.
+            "2026-12-01 09:00:0🕴",
+            "2026-12-01 09:00:00🕴",
+            "2026-12-01T09:00:00＋09:00",
+            "２０２６-12-01 09:00:00",
         ];
         for text in bad {
             assert!(parse_timestamp(text).is_err(), "{text:?} must be refused");

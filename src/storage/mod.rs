@@ -174,11 +174,14 @@ impl ManageConnection for Manager {
                 let mut conn =
                     diesel::PgConnection::establish(url).map_err(|e| fail(e.to_string()))?;
                 // synchronous_commit on: "committed before sent" must not depend on the
-                // server's default.
+                // server's default. DateStyle ISO: the merchant's columns are read in their
+                // text form (`storage::merchant`), which for a timestamp follows the session's
+                // DateStyle; a server, database or role set to 'German' or 'SQL, DMY' would
+                // otherwise make every row's anchor_at unreadable.
                 conn.batch_execute(
                     "SET statement_timeout = '30s'; SET lock_timeout = '10s'; \
                      SET idle_in_transaction_session_timeout = '60s'; SET TIME ZONE 'UTC'; \
-                     SET synchronous_commit = on;",
+                     SET DateStyle = 'ISO, YMD'; SET synchronous_commit = on;",
                 )
                 .map_err(|e| fail(e.to_string()))?;
                 Ok(AnyConnection::Postgres(conn))
@@ -190,8 +193,15 @@ impl ManageConnection for Manager {
         conn.batch_execute("SELECT 1").map_err(StoreError::from)
     }
 
-    fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
-        false
+    /// A connection dropped while its thread panics, or with a transaction still open, goes:
+    /// back in the pool it would keep that transaction (and on SQLite the write lock) open
+    /// for every later user.
+    fn has_broken(&self, conn: &mut AnyConnection) -> bool {
+        use diesel::connection::TransactionManager;
+        std::thread::panicking()
+            || <AnyConnection as Connection>::TransactionManager::is_broken_transaction_manager(
+                conn,
+            )
     }
 }
 
