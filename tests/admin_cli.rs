@@ -384,6 +384,7 @@ async fn seed(store: &Store) -> (i64, i64) {
                 cycle_attempts: 0,
                 cycle_declines: 0,
                 status: None,
+                paused_since: None,
             }
         } else {
             Bookkeeping {
@@ -392,6 +393,7 @@ async fn seed(store: &Store) -> (i64, i64) {
                 cycle_attempts: 1,
                 cycle_declines: 1,
                 status: None,
+                paused_since: None,
             }
         }),
         events: vec![Event::sub(
@@ -631,6 +633,7 @@ async fn pause_resume_cancel_write_only_the_status() {
                         cycle_attempts: 0,
                         cycle_declines: 0,
                         status: Some(("ended".into(), "no cycle left".into())),
+                        paused_since: None,
                     },
                     events: vec![],
                     remove_billkey: None,

@@ -25,6 +25,7 @@ use crate::gateway::nicepay::{
     Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState,
 };
 use crate::retry::{Attempt, RetryPolicy, retry};
+use crate::schedule::Skipped;
 use crate::storage::models::SubscriptionRow;
 use crate::storage::{
     Bookkeeping, ChargeResult, Event, Outcome, Reschedule, StartAttempt, Store, StoreError,
@@ -389,20 +390,30 @@ impl Engine {
         for row in rows {
             let (decision, valid) = plan::decide(&row, now, &s.policy);
             let id = row.id;
+            // A new cycle starts with no attempts and no declines of its own.
+            let same_cycle = |cycle: u32| row.next_cycle == i32::try_from(cycle).ok();
             let keep = |cycle: u32, at: Option<DateTime<Utc>>| Bookkeeping {
                 next_cycle: cycle as i32,
                 next_charge_at: at,
-                cycle_attempts: row.cycle_attempts,
-                cycle_declines: row.cycle_declines,
+                cycle_attempts: if same_cycle(cycle) {
+                    row.cycle_attempts
+                } else {
+                    0
+                },
+                cycle_declines: if same_cycle(cycle) {
+                    row.cycle_declines
+                } else {
+                    0
+                },
                 status: None,
+                paused_since: None,
             };
-            let skipped_events = |skipped: &[(u32, DateTime<Utc>)], why: &str| -> Vec<Event> {
-                skipped
-                    .iter()
-                    .map(|(c, at)| {
-                        Event::sub(id, "cycle_skipped", format!("cycle {c} due {at}: {why}"))
-                    })
-                    .collect()
+            // One event per skipped range, however long.
+            let skipped_events = |skipped: &Skipped, why: &str| -> Vec<Event> {
+                if skipped.is_empty() {
+                    return Vec::new();
+                }
+                vec![Event::sub(id, "cycle_skipped", format!("{skipped}: {why}"))]
             };
             match decision {
                 Decision::Invalid { reason } => {
@@ -459,7 +470,15 @@ impl Engine {
                     report.skipped_cycles += skipped.len();
                     reschedules.push(Reschedule {
                         subscription_id: id,
-                        bookkeeping: keep(next_cycle, Some(next_charge_at)),
+                        bookkeeping: Bookkeeping {
+                            // A pause whose skipping is unfinished (it waits with a time already
+                            // come) stays a pause for the next call.
+                            paused_since: row
+                                .paused_since
+                                .map(plan::to_utc)
+                                .filter(|_| next_charge_at <= now),
+                            ..keep(next_cycle, Some(next_charge_at))
+                        },
                         events: skipped_events(&skipped, reason.unwrap_or("catch-up")),
                         remove_billkey: None,
                     });
@@ -474,7 +493,7 @@ impl Engine {
                     let Some(valid) = valid else { continue };
                     report.skipped_cycles += skipped.len();
                     let prior_declines = if row.next_cycle == Some(cycle as i32) {
-                        row.cycle_declines.max(0) as u32
+                        row.cycle_declines.clamp(0, i32::MAX - 1) as u32
                     } else {
                         0
                     };
@@ -725,6 +744,7 @@ impl Engine {
             cycle_attempts: adv.cycle_attempts as i32,
             cycle_declines: adv.cycle_declines as i32,
             status: adv.status.map(|(s, r)| (s.to_owned(), r)),
+            paused_since: None,
         };
         (
             Outcome {
@@ -890,7 +910,7 @@ impl Engine {
             due_at,
             attempt: charge.attempt.max(1) as u32,
             prior_declines: if sub.next_cycle == Some(charge.cycle) {
-                sub.cycle_declines.max(0) as u32
+                sub.cycle_declines.clamp(0, i32::MAX - 1) as u32
             } else {
                 0
             },

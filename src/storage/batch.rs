@@ -251,7 +251,9 @@ pub(super) fn advance_subscriptions(
         return Ok(HashSet::new());
     }
     let mut sql = Sql::new(c);
-    sql.push("WITH v(id, on_cycle, next_cycle, next_charge_at, attempts, declines) AS (VALUES ");
+    sql.push(
+        "WITH v(id, on_cycle, next_cycle, next_charge_at, attempts, declines, paused_since) AS (VALUES ",
+    );
     for (i, (id, on_cycle, b)) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
@@ -263,12 +265,13 @@ pub(super) fn advance_subscriptions(
             Value::Ts(b.next_charge_at.map(|t| t.naive_utc())),
             Value::I32(b.cycle_attempts),
             Value::I32(b.cycle_declines),
+            Value::Ts(b.paused_since.map(|t| t.naive_utc())),
         ]);
     }
     sql.push(
         ") UPDATE subscriptions SET next_cycle = v.next_cycle, \
          next_charge_at = v.next_charge_at, cycle_attempts = v.attempts, \
-         cycle_declines = v.declines, paused_since = NULL, claimed_by = NULL, \
+         cycle_declines = v.declines, paused_since = v.paused_since, claimed_by = NULL, \
          claimed_until = NULL, updated_at = ",
     )
     .param(Value::Ts(Some(now)))

@@ -233,6 +233,9 @@ pub struct Bookkeeping {
     pub cycle_declines: i32,
     /// `Some((status, reason))` to change the status.
     pub status: Option<(String, String)>,
+    /// What to leave in `paused_since`: `None` (the usual) ends the pause handling; `Some`
+    /// keeps a pause whose skipped cycles are not all passed over yet.
+    pub paused_since: Option<DateTime<Utc>>,
 }
 
 /// An attempt to commit before sending.
@@ -514,7 +517,7 @@ impl Store {
     ) -> Result<Option<SubscriptionRow>, StoreError> {
         let owner = owner.to_owned();
         let now_n = naive(now);
-        let until = naive(now + chrono::Duration::from_std(lease).unwrap_or_default());
+        let until = naive(crate::clock::later(now, lease));
         self.write(move |c| {
             let n = diesel::update(subscriptions::table.find(id))
                 .filter(subscriptions::status.eq("active"))
@@ -709,7 +712,7 @@ impl Store {
     ) -> Result<Vec<SubscriptionRow>, StoreError> {
         let owner = owner.to_owned();
         let now_n = naive(now);
-        let until = naive(now + chrono::Duration::from_std(lease).unwrap_or_default());
+        let until = naive(crate::clock::later(now, lease));
         self.write(move |c| {
             let mut claimed = Vec::new();
             for due_clause in [
@@ -962,7 +965,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ChargeRow>, StoreError> {
         let now_n = naive(horizon);
-        let until = naive(now + chrono::Duration::from_std(lease).unwrap_or_default());
+        let until = naive(crate::clock::later(now, lease));
         self.write(move |c| {
             let due: Vec<ChargeRow> = charges::table
                 .filter(charges::state.eq_any(["pending", "unknown"]))
@@ -1122,7 +1125,7 @@ impl Store {
     ) -> Result<Vec<RemovalRow>, StoreError> {
         let owner = owner.to_owned();
         let now_n = naive(now);
-        let until = naive(now + chrono::Duration::from_std(lease).unwrap_or_default());
+        let until = naive(crate::clock::later(now, lease));
         self.write(move |c| {
             let due: Vec<RemovalRow> = billkey_removals::table
                 .filter(billkey_removals::state.eq("pending"))
@@ -1292,7 +1295,7 @@ fn apply_bookkeeping(
             subscriptions::next_charge_at.eq(b.next_charge_at.map(naive)),
             subscriptions::cycle_attempts.eq(b.cycle_attempts),
             subscriptions::cycle_declines.eq(b.cycle_declines),
-            subscriptions::paused_since.eq(None::<NaiveDateTime>),
+            subscriptions::paused_since.eq(b.paused_since.map(naive)),
             subscriptions::updated_at.eq(now),
             subscriptions::claimed_by.eq(None::<String>),
             subscriptions::claimed_until.eq(None::<NaiveDateTime>),
