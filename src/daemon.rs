@@ -201,8 +201,11 @@ pub async fn run(
 /// attempts that cannot be concluded yet.
 async fn run_once(engine: &Engine) -> Result<PassReport, DaemonError> {
     let mut total = engine.resolve_left_in_flight().await?;
-    let deadline =
-        tokio::time::Instant::now() + engine.settings().settle * 3 + engine.settings().lease;
+    let wait = (engine.settings().settle.saturating_mul(3)).saturating_add(engine.settings().lease);
+    let start = tokio::time::Instant::now();
+    let deadline = start
+        .checked_add(wait)
+        .unwrap_or(start + Duration::from_secs(86_400 * 400));
     loop {
         let report = engine.pass().await?;
         total.merge(&report);
@@ -215,9 +218,14 @@ async fn run_once(engine: &Engine) -> Result<PassReport, DaemonError> {
         let claimed_until = engine.store().due_claims_expire(now).await?;
         // A cycle found not charged (never sent, or proven never approved; by this run or a
         // crashed one) is due again after `resend_after`: "everything due now" includes it.
-        let resend_within = now
-            + crate::billing::engine::chrono_duration(engine.settings().policy.resend_after)
-            + chrono::Duration::seconds(1);
+        let resend_within = crate::clock::later(
+            now,
+            engine
+                .settings()
+                .policy
+                .resend_after
+                .saturating_add(Duration::from_secs(1)),
+        );
         let due_again = engine.store().next_resend(resend_within).await?;
         if unresolved.is_empty() && claimed_until.is_none() && due_again.is_none() {
             return Ok(total);

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use super::plan::{self, Advance, Decision, Policy, Position, Settled, Valid};
 use crate::clock::SharedClock;
+use crate::config::{self, defaults};
 use crate::domain::{Bid, Moid, Tid};
 use crate::gateway::nicepay::{
     Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState,
@@ -59,32 +60,36 @@ pub struct EngineSettings {
 }
 
 impl EngineSettings {
+    /// The configuration's defaults ([`config::defaults`]).
     pub fn new(owner: String, policy: Policy, call_timeout: Duration) -> Self {
         Self {
             owner,
-            concurrency: 16,
-            batch: 16,
-            lease: Duration::from_secs(30),
+            concurrency: defaults::CONCURRENCY,
+            batch: defaults::CONCURRENCY as i64,
+            lease: defaults::LEASE,
             policy,
-            // See `Config::engine_settings`: 2 calls + in-process resends + margin.
-            settle: call_timeout * 2 + Duration::from_secs(10) + Duration::from_secs(60),
+            settle: config::settle_window(
+                call_timeout,
+                defaults::TRANSIENT_MAX_ELAPSED,
+                defaults::SETTLE_MARGIN,
+            ),
             call_timeout,
             transient: RetryPolicy::new(
                 Duration::from_millis(200),
                 Duration::from_secs(2),
-                Duration::from_secs(10),
+                defaults::TRANSIENT_MAX_ELAPSED,
             ),
             lookup_retry: RetryPolicy::new(
                 Duration::from_secs(5),
-                Duration::from_secs(600),
+                defaults::LOOKUP_MAX_INTERVAL,
                 Duration::ZERO,
             ),
             removal_retry: RetryPolicy::new(
                 Duration::from_secs(60),
-                Duration::from_secs(6 * 3600),
+                defaults::REMOVAL_MAX_INTERVAL,
                 Duration::ZERO,
             ),
-            throttle_pause: Duration::from_secs(5),
+            throttle_pause: defaults::THROTTLE_PAUSE,
         }
     }
 
@@ -558,9 +563,12 @@ impl Engine {
         // An attempt may be looked up by another instance from `committed_at + settle`; it must
         // be over by then, so one that waited too long is not sent at all.
         let latest_send = a.committed_at
-            + chrono_duration(self.settings.settle.saturating_sub(
-                self.settings.call_timeout * 2 + self.settings.transient.max_elapsed,
-            ));
+            + chrono_duration(
+                self.settings.settle.saturating_sub(
+                    (self.settings.call_timeout.saturating_mul(2))
+                        .saturating_add(self.settings.transient.max_elapsed),
+                ),
+            );
         let request = ApproveRequest {
             bid: a.valid.bid.clone(),
             tid: a.tid.clone(),

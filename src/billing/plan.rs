@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Bid, FieldError, Krw, Moid};
 use crate::gateway::nicepay::{Buyer, Class, check_goods_name, form, limits};
 use crate::schedule::{
-    CatchUp, Cycle, DueNow, FirstAfter, IntervalUnit, Schedule, Skipped, parse_timezone,
+    CatchUp, Cycle, DueNow, FirstAfter, IntervalUnit, MAX_CYCLE, Schedule, Skipped, parse_timezone,
 };
 use crate::storage::models::SubscriptionRow;
 
@@ -420,7 +420,8 @@ pub fn advance(
                 status: None,
             },
             None => Advance {
-                next_cycle: cycle.saturating_add(1),
+                // One past the last: at most i32::MAX, the column's limit.
+                next_cycle: cycle.saturating_add(1).min(MAX_CYCLE + 1),
                 next_charge_at: None,
                 cycle_attempts: 0,
                 cycle_declines: 0,
