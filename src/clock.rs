@@ -97,3 +97,12 @@ impl Clock for DbClock {
         now
     }
 }
+
+/// `t + d`, saturating at the latest time chrono represents instead of panicking: `d` may come
+/// from the configuration.
+pub fn later(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}

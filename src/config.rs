@@ -311,14 +311,15 @@ impl Config {
         };
         let base_url = BaseUrl::parse(&n.base_url).map_err(field("nicepay.base_url"))?;
         let mut settings = ClientSettings::new(base_url, mid, key);
-        if let Some(t) = &n.connect_timeout {
-            settings.connect_timeout =
-                parse_duration(t).map_err(|p| invalid("nicepay.connect_timeout", p))?;
-        }
-        if let Some(t) = &n.read_timeout {
-            settings.read_timeout =
-                parse_duration(t).map_err(|p| invalid("nicepay.read_timeout", p))?;
-        }
+        let timeout = |range: Range, value: &Option<String>, default: Duration| {
+            range.read(value, default).map_err(|(k, p)| invalid(k, p))
+        };
+        settings.connect_timeout = timeout(
+            CONNECT_TIMEOUT,
+            &n.connect_timeout,
+            settings.connect_timeout,
+        )?;
+        settings.read_timeout = timeout(READ_TIMEOUT, &n.read_timeout, settings.read_timeout)?;
         if let Some(c) = &n.charset {
             settings.charset = Charset::parse(c).ok_or_else(|| {
                 invalid(
@@ -358,15 +359,15 @@ impl Config {
     /// The engine's settings for an instance called `owner`.
     pub fn engine_settings(&self, owner: String) -> EngineSettings {
         let s = &self.scheduler;
-        let call = self.nicepay.connect_timeout + self.nicepay.read_timeout;
+        let call = self
+            .nicepay
+            .connect_timeout
+            .saturating_add(self.nicepay.read_timeout);
         let mut e = EngineSettings::new(owner, self.policy.clone(), call);
         e.concurrency = s.concurrency;
         e.batch = s.batch;
         e.lease = s.lease;
-        // Long enough that an attempt committed at t has certainly finished everywhere: sent by
-        // t + margin at the latest, in-process resends of a request that never left for up to
-        // transient_max_elapsed, and a call of at most connect + read timeout.
-        e.settle = call * 2 + s.transient_max_elapsed + s.settle_margin;
+        e.settle = settle_window(call, s.transient_max_elapsed, s.settle_margin);
         e.transient.max_elapsed = s.transient_max_elapsed;
         e.lookup_retry.max_interval = s.lookup_max_interval;
         e.removal_retry.max_interval = s.removal_max_interval;
@@ -378,15 +379,132 @@ impl Config {
 
 type KeyProblem = (&'static str, String);
 
-fn duration_key(
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Defaults of the `[scheduler]` and `[retry]` keys the engine uses, written only here
+/// ([`EngineSettings::new`] takes them from here too). The other defaults are each written
+/// once as well: NICEPAY timeouts in [`ClientSettings`], dunning waits, `request_error_retry`
+/// and `resend_after` in [`Policy::default`], the rest where their key is read below.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const TICK: &str = "*/10 * * * * *";
+    /// Approvals in flight at once; also the default batch.
+    pub const CONCURRENCY: usize = 16;
+    pub const LEASE: Duration = Duration::from_secs(30);
+    pub const SETTLE_MARGIN: Duration = Duration::from_secs(60);
+    pub const TRANSIENT_MAX_ELAPSED: Duration = Duration::from_secs(10);
+    pub const LOOKUP_MAX_INTERVAL: Duration = Duration::from_secs(600);
+    pub const REMOVAL_MAX_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+    pub const THROTTLE_PAUSE: Duration = Duration::from_secs(5);
+    pub const LATE_CHECK_AFTER: Duration = Duration::from_secs(24 * 3600);
+}
+
+/// The allowed values of one duration key, inclusive.
+#[derive(Clone, Copy, Debug)]
+struct Range {
     key: &'static str,
-    value: &Option<String>,
-    default: Duration,
-) -> Result<Duration, KeyProblem> {
-    match value {
-        Some(text) => parse_duration(text).map_err(|p| (key, p)),
-        None => Ok(default),
+    min: Duration,
+    max: Duration,
+}
+
+// The allowed range of every duration key, stated once. Why these bounds:
+// - One HTTP call's timeouts, and the in-process resend budget, are at most 10 min: NICEPAY
+//   answers in seconds, and these make up the settle window (below), which keeps a
+//   subscription with an unresolved attempt from being charged.
+// - A claim's lease and the settle margin are at most a day: a dead instance's work must be
+//   taken over, and an unresolved attempt concluded, the same day.
+// - Lookups of an unresolved attempt are at most a day apart, for the same reason.
+// - Waits between tries (dunning, request errors, resends, billkey removal) are at most 400
+//   days: a yearly subscription's dunning can span a year; longer is surely a typo.
+// - The throttle pause stops all sending in-process: at most an hour.
+// - Nothing is zero (a zero wait is a busy loop, a zero timeout fails every call); the
+//   smallest values are 1 ms for in-process timers and 1 s for what is stored in the database.
+// Together they keep every sum formed downstream far from overflow: the settle window is at
+// most 2 × (10 + 10) min + 10 min + 1 day, `run --once` waits at most 3 × that + 1 day, and
+// every "now + wait" is at most 400 days ahead.
+const CONNECT_TIMEOUT: Range = range("nicepay.connect_timeout", MS, MINUTE.saturating_mul(10));
+const READ_TIMEOUT: Range = range("nicepay.read_timeout", MS, MINUTE.saturating_mul(10));
+const LEASE: Range = range("scheduler.lease", SECOND, DAY);
+const SETTLE_MARGIN: Range = range("scheduler.settle_margin", SECOND, DAY);
+const RETRY_AFTER: Range = range("retry.retry_after", SECOND, DAY.saturating_mul(400));
+const REQUEST_ERROR_RETRY: Range =
+    range("retry.request_error_retry", SECOND, DAY.saturating_mul(400));
+const RESEND_AFTER: Range = range("retry.resend_after", SECOND, DAY.saturating_mul(400));
+const TRANSIENT_MAX_ELAPSED: Range =
+    range("retry.transient_max_elapsed", MS, MINUTE.saturating_mul(10));
+const LOOKUP_MAX_INTERVAL: Range = range("retry.lookup_max_interval", SECOND, DAY);
+const REMOVAL_MAX_INTERVAL: Range = range(
+    "retry.removal_max_interval",
+    SECOND,
+    DAY.saturating_mul(400),
+);
+const THROTTLE_PAUSE: Range = range("retry.throttle_pause", MS, HOUR);
+/// A late check looks for approvals that landed after "not found": never before the settle
+/// window could have passed, never later than a card's billing period.
+const LATE_CHECK_AFTER: Range = range("retry.late_check_after", SECOND, DAY.saturating_mul(400));
+/// At most this many dunning waits (declined tries of one cycle).
+const MAX_RETRY_AFTER: usize = 100;
+
+const fn range(key: &'static str, min: Duration, max: Duration) -> Range {
+    Range { key, min, max }
+}
+
+impl Range {
+    fn parse(&self, text: &str) -> Result<Duration, String> {
+        let d = parse_duration(text)?;
+        if d < self.min || d > self.max {
+            return Err(format!(
+                "{text:?} is out of range (allowed: {} to {})",
+                show(self.min),
+                show(self.max)
+            ));
+        }
+        Ok(d)
     }
+
+    /// The key's value, or `default` when the file does not set it.
+    fn read(&self, value: &Option<String>, default: Duration) -> Result<Duration, KeyProblem> {
+        match value {
+            Some(text) => self.parse(text).map_err(|p| (self.key, p)),
+            None => Ok(default),
+        }
+    }
+}
+
+/// `400d`, `10m`, `1s`, `1ms`: the largest unit that divides the duration.
+fn show(d: Duration) -> String {
+    for (unit, name) in [
+        (DAY, "d"),
+        (HOUR, "h"),
+        (MINUTE, "m"),
+        (SECOND, "s"),
+        (MS, "ms"),
+    ] {
+        if d.as_nanos() % unit.as_nanos() == 0 {
+            return format!("{}{name}", d.as_nanos() / unit.as_nanos());
+        }
+    }
+    format!("{d:?}")
+}
+
+/// How long after its commit an attempt can no longer be in flight anywhere: sent by
+/// `settle_margin` at the latest, in-process resends of a request that never left for up to
+/// `transient_max_elapsed`, and a call of at most `call_timeout` (connect + read) — twice, to
+/// be safe. Saturating, though the bounds above keep it near a day at most.
+pub fn settle_window(
+    call_timeout: Duration,
+    transient_max_elapsed: Duration,
+    settle_margin: Duration,
+) -> Duration {
+    call_timeout
+        .saturating_mul(2)
+        .saturating_add(transient_max_elapsed)
+        .saturating_add(settle_margin)
 }
 
 fn database(raw: &RawDatabase) -> Result<DatabaseConfig, KeyProblem> {
@@ -407,12 +525,10 @@ fn database(raw: &RawDatabase) -> Result<DatabaseConfig, KeyProblem> {
 }
 
 fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy), KeyProblem> {
-    let defaults = Policy::default();
-    let tick = s
-        .tick
-        .clone()
-        .unwrap_or_else(|| "*/10 * * * * *".to_owned());
-    croner::parser::CronParser::builder()
+    let policy_defaults = Policy::default();
+    let tick = s.tick.clone().unwrap_or_else(|| defaults::TICK.to_owned());
+    // Not a duration, but bounded all the same: a tick that never fires would never pass.
+    let tick_cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .build()
         .parse(&tick)
@@ -422,11 +538,17 @@ fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy
                 format!("{tick:?} is not a 6-field cron expression (seconds first): {e}"),
             )
         })?;
+    if tick_cron
+        .find_next_occurrence(&chrono::Utc::now(), false)
+        .is_err()
+    {
+        return Err(("scheduler.tick", format!("{tick:?} never fires")));
+    }
     let timezone = match &s.timezone {
         Some(tz) => parse_timezone("scheduler.timezone", tz).map_err(|e| (e.field, e.problem))?,
-        None => defaults.timezone,
+        None => policy_defaults.timezone,
     };
-    let concurrency = s.concurrency.unwrap_or(16);
+    let concurrency = s.concurrency.unwrap_or(defaults::CONCURRENCY);
     if !(1..=1024).contains(&concurrency) {
         return Err((
             "scheduler.concurrency",
@@ -459,12 +581,25 @@ fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy
         ));
     }
     let retry_after = match &r.retry_after {
-        None => defaults.retry_after.clone(),
+        None => policy_defaults.retry_after.clone(),
+        Some(list) if list.len() > MAX_RETRY_AFTER => {
+            return Err((
+                RETRY_AFTER.key,
+                format!(
+                    "{} waits: at most {MAX_RETRY_AFTER} (one per declined try of a cycle)",
+                    list.len()
+                ),
+            ));
+        }
         Some(list) => list
             .iter()
-            .map(|t| parse_duration(t))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|p| ("retry.retry_after", p))?,
+            .enumerate()
+            .map(|(i, t)| {
+                RETRY_AFTER
+                    .parse(t)
+                    .map_err(|p| (RETRY_AFTER.key, format!("entry {}: {p}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
     };
     let final_state = match r.final_state.as_deref() {
         None | Some("past_due") => FinalState::PastDue,
@@ -482,48 +617,24 @@ fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy
         retry_after,
         final_state,
         moid_prefix,
-        request_error_retry: duration_key(
-            "retry.request_error_retry",
-            &r.request_error_retry,
-            defaults.request_error_retry,
-        )?,
-        resend_after: duration_key("retry.resend_after", &r.resend_after, defaults.resend_after)?,
+        request_error_retry: REQUEST_ERROR_RETRY
+            .read(&r.request_error_retry, policy_defaults.request_error_retry)?,
+        resend_after: RESEND_AFTER.read(&r.resend_after, policy_defaults.resend_after)?,
     };
     let scheduler = SchedulerConfig {
         tick,
         concurrency,
         batch,
-        lease: duration_key("scheduler.lease", &s.lease, Duration::from_secs(30))?,
-        settle_margin: duration_key(
-            "scheduler.settle_margin",
-            &s.settle_margin,
-            Duration::from_secs(60),
-        )?,
-        transient_max_elapsed: duration_key(
-            "retry.transient_max_elapsed",
-            &r.transient_max_elapsed,
-            Duration::from_secs(10),
-        )?,
-        lookup_max_interval: duration_key(
-            "retry.lookup_max_interval",
-            &r.lookup_max_interval,
-            Duration::from_secs(600),
-        )?,
-        removal_max_interval: duration_key(
-            "retry.removal_max_interval",
-            &r.removal_max_interval,
-            Duration::from_secs(6 * 3600),
-        )?,
-        throttle_pause: duration_key(
-            "retry.throttle_pause",
-            &r.throttle_pause,
-            Duration::from_secs(5),
-        )?,
-        late_check_after: duration_key(
-            "retry.late_check_after",
-            &r.late_check_after,
-            Duration::from_secs(24 * 3600),
-        )?,
+        lease: LEASE.read(&s.lease, defaults::LEASE)?,
+        settle_margin: SETTLE_MARGIN.read(&s.settle_margin, defaults::SETTLE_MARGIN)?,
+        transient_max_elapsed: TRANSIENT_MAX_ELAPSED
+            .read(&r.transient_max_elapsed, defaults::TRANSIENT_MAX_ELAPSED)?,
+        lookup_max_interval: LOOKUP_MAX_INTERVAL
+            .read(&r.lookup_max_interval, defaults::LOOKUP_MAX_INTERVAL)?,
+        removal_max_interval: REMOVAL_MAX_INTERVAL
+            .read(&r.removal_max_interval, defaults::REMOVAL_MAX_INTERVAL)?,
+        throttle_pause: THROTTLE_PAUSE.read(&r.throttle_pause, defaults::THROTTLE_PAUSE)?,
+        late_check_after: LATE_CHECK_AFTER.read(&r.late_check_after, defaults::LATE_CHECK_AFTER)?,
     };
     Ok((scheduler, policy))
 }
@@ -638,6 +749,10 @@ mod tests {
                 "scheduler.tick",
             ),
             (
+                &format!("{base}[scheduler]\ntick = \"0 0 0 30 2 *\"\n"),
+                "scheduler.tick: \"0 0 0 30 2 *\" never fires",
+            ),
+            (
                 &format!("{base}[scheduler]\ntimezone = \"Mars/Base\"\n"),
                 "scheduler.timezone",
             ),
@@ -665,6 +780,70 @@ mod tests {
             (&format!("{base}[log]\nformat = \"xml\"\n"), "log.format"),
             (&format!("{base}[log]\nlevel = \"info,=[\"\n"), "log.level"),
             (&format!("{base}[health]\nfile = 5\n"), "file"),
+            // Every duration key refuses values outside its range, naming key and range.
+            (
+                &format!("{base}connect_timeout = \"11m\"\n"),
+                "nicepay.connect_timeout: \"11m\" is out of range (allowed: 1ms to 10m)",
+            ),
+            (
+                &format!("{base}read_timeout = \"100000000 years\"\n"),
+                "nicepay.read_timeout: \"100000000 years\" is out of range (allowed: 1ms to 10m)",
+            ),
+            (
+                &format!("{base}read_timeout = \"0s\"\n"),
+                "nicepay.read_timeout: \"0s\": must be more than zero",
+            ),
+            (
+                &format!("{base}[scheduler]\nlease = \"100000000 years\"\n"),
+                "scheduler.lease: \"100000000 years\" is out of range (allowed: 1s to 1d)",
+            ),
+            (
+                &format!("{base}[scheduler]\nlease = \"500ms\"\n"),
+                "scheduler.lease: \"500ms\" is out of range (allowed: 1s to 1d)",
+            ),
+            (
+                &format!("{base}[scheduler]\nsettle_margin = \"25h\"\n"),
+                "scheduler.settle_margin: \"25h\" is out of range (allowed: 1s to 1d)",
+            ),
+            (
+                &format!("{base}[retry]\nretry_after = [\"1d\", \"401d\"]\n"),
+                "retry.retry_after: entry 2: \"401d\" is out of range (allowed: 1s to 400d)",
+            ),
+            (
+                &format!(
+                    "{base}[retry]\nretry_after = [{}]\n",
+                    vec!["\"1d\""; 101].join(", ")
+                ),
+                "retry.retry_after: 101 waits: at most 100",
+            ),
+            (
+                &format!("{base}[retry]\nrequest_error_retry = \"2 years\"\n"),
+                "retry.request_error_retry: \"2 years\" is out of range (allowed: 1s to 400d)",
+            ),
+            (
+                &format!("{base}[retry]\nresend_after = \"10ms\"\n"),
+                "retry.resend_after: \"10ms\" is out of range (allowed: 1s to 400d)",
+            ),
+            (
+                &format!("{base}[retry]\ntransient_max_elapsed = \"1h\"\n"),
+                "retry.transient_max_elapsed: \"1h\" is out of range (allowed: 1ms to 10m)",
+            ),
+            (
+                &format!("{base}[retry]\nlookup_max_interval = \"2d\"\n"),
+                "retry.lookup_max_interval: \"2d\" is out of range (allowed: 1s to 1d)",
+            ),
+            (
+                &format!("{base}[retry]\nremoval_max_interval = \"100000000 years\"\n"),
+                "retry.removal_max_interval: \"100000000 years\" is out of range (allowed: 1s to 400d)",
+            ),
+            (
+                &format!("{base}[retry]\nthrottle_pause = \"2h\"\n"),
+                "retry.throttle_pause: \"2h\" is out of range (allowed: 1ms to 1h)",
+            ),
+            (
+                &format!("{base}[retry]\nthrottle_pause = \"99999999999999999999s\"\n"),
+                "retry.throttle_pause: \"99999999999999999999s\" is not a duration",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -693,6 +872,101 @@ mod tests {
         );
         assert_eq!(c.nicepay.read_timeout, d.nicepay.read_timeout);
         assert_eq!(c.database.max_connections, d.database.max_connections);
+    }
+
+    const DURATION_RANGES: [Range; 12] = [
+        CONNECT_TIMEOUT,
+        READ_TIMEOUT,
+        LEASE,
+        SETTLE_MARGIN,
+        RETRY_AFTER,
+        REQUEST_ERROR_RETRY,
+        RESEND_AFTER,
+        TRANSIENT_MAX_ELAPSED,
+        LOOKUP_MAX_INTERVAL,
+        REMOVAL_MAX_INTERVAL,
+        THROTTLE_PAUSE,
+        LATE_CHECK_AFTER,
+    ];
+
+    /// The defaults lie within their ranges, and the engine's defaults are the config's.
+    #[test]
+    fn defaults_are_allowed_and_agree() {
+        let c = parse("[nicepay]\nmid = \"nictest04m\"\nmerchant_key_env = \"NB_KEY\"\n").unwrap();
+        let s = &c.scheduler;
+        let p = &c.policy;
+        let mut values = vec![
+            (CONNECT_TIMEOUT, c.nicepay.connect_timeout),
+            (READ_TIMEOUT, c.nicepay.read_timeout),
+            (LEASE, s.lease),
+            (SETTLE_MARGIN, s.settle_margin),
+            (REQUEST_ERROR_RETRY, p.request_error_retry),
+            (RESEND_AFTER, p.resend_after),
+            (TRANSIENT_MAX_ELAPSED, s.transient_max_elapsed),
+            (LOOKUP_MAX_INTERVAL, s.lookup_max_interval),
+            (REMOVAL_MAX_INTERVAL, s.removal_max_interval),
+            (THROTTLE_PAUSE, s.throttle_pause),
+            (LATE_CHECK_AFTER, s.late_check_after),
+        ];
+        values.extend(p.retry_after.iter().map(|w| (RETRY_AFTER, *w)));
+        for (range, value) in values {
+            assert!(
+                (range.min..=range.max).contains(&value),
+                "{}: default {value:?}",
+                range.key
+            );
+        }
+        assert!(p.retry_after.len() <= MAX_RETRY_AFTER);
+        let from_config = c.engine_settings("x".into());
+        let from_code = EngineSettings::new(
+            "x".into(),
+            Policy::default(),
+            c.nicepay.connect_timeout + c.nicepay.read_timeout,
+        );
+        assert_eq!(format!("{from_config:?}"), format!("{from_code:?}"));
+    }
+
+    /// At the top of every range, nothing the engine and daemon add up can overflow.
+    #[test]
+    fn largest_values_are_safe_downstream() {
+        let mut text =
+            "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_env = \"NB_KEY\"\n".to_owned();
+        let mut section = "nicepay";
+        for range in DURATION_RANGES {
+            let (table, key) = range.key.split_once('.').unwrap();
+            if table != section {
+                text.push_str(&format!("[{table}]\n"));
+                section = table;
+            }
+            let value = format!("\"{}\"", show(range.max));
+            if key == "retry_after" {
+                let list = vec![value; MAX_RETRY_AFTER].join(", ");
+                text.push_str(&format!("{key} = [{list}]\n"));
+            } else {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+            // The bounds themselves are accepted; just past them is not.
+            assert_eq!(range.parse(&show(range.max)), Ok(range.max));
+            assert_eq!(range.parse(&show(range.min)), Ok(range.min));
+            let past = format!("{}ns", (range.max + Duration::from_nanos(1)).as_nanos());
+            assert!(range.parse(&past).is_err(), "{}", range.key);
+        }
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let e = c.engine_settings("x".into());
+        assert_eq!(e.settle, Duration::from_secs(2 * 1200 + 600 + 86_400));
+        // What the engine and `run --once` form from these, checked.
+        let far = chrono::DateTime::<chrono::Utc>::MAX_UTC - chrono::Duration::days(365_000);
+        for wait in [
+            e.settle * 3 + e.lease,
+            e.policy.retry_after[99],
+            e.removal_retry.max_interval,
+        ] {
+            assert!(
+                far.checked_add_signed(chrono::Duration::from_std(wait).unwrap())
+                    .is_some()
+            );
+            assert!(std::time::Instant::now().checked_add(wait).is_some());
+        }
     }
 
     #[test]

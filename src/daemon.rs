@@ -244,8 +244,11 @@ pub async fn run(
 /// attempts that cannot be concluded yet.
 async fn run_once(engine: &Engine, db_clock: Option<&DbClock>) -> Result<PassReport, DaemonError> {
     let mut total = engine.resolve_left_in_flight().await?;
-    let deadline =
-        tokio::time::Instant::now() + engine.settings().settle * 3 + engine.settings().lease;
+    let wait = (engine.settings().settle.saturating_mul(3)).saturating_add(engine.settings().lease);
+    let start = tokio::time::Instant::now();
+    let deadline = start
+        .checked_add(wait)
+        .unwrap_or(start + Duration::from_secs(86_400 * 400));
     loop {
         if let Some(clock) = db_clock {
             sync_clock(engine.store(), clock).await?;
@@ -261,7 +264,7 @@ async fn run_once(engine: &Engine, db_clock: Option<&DbClock>) -> Result<PassRep
         let claimed_until = engine.store().due_claims_expire(now).await?;
         // A cycle found not charged (never sent, or proven never approved; by this run or a
         // crashed one) is due again after `resend_after`: "everything due now" includes it.
-        let resend_within = crate::storage::later(
+        let resend_within = crate::clock::later(
             now,
             engine
                 .settings()

@@ -707,7 +707,8 @@ pub async fn verdict_findings(store: &Store, ledger: &[LedgerEntry]) -> (Vec<Str
         let next_cycle = s.next_cycle.unwrap_or(1);
         for cycle in 1..next_cycle {
             let skipped = evs.iter().any(|e| {
-                e.kind == "cycle_skipped" && e.detail.starts_with(&format!("cycle {cycle} "))
+                e.kind == "cycle_skipped"
+                    && skipped_cycles(&e.detail).is_some_and(|(a, b)| (a..=b).contains(&cycle))
             });
             if !approved_cycles.contains_key(&(s.id, cycle)) && !skipped {
                 failures.push(format!(
@@ -1310,4 +1311,16 @@ async fn three_instances(scale: &Scale, db: TestDb) {
             "{label}: only {busy} instance(s) charged anything: {per_instance:?}"
         );
     }
+}
+
+/// The cycles a `cycle_skipped` event names: `cycle 5 due …` or `cycles 2-9 (8 cycles, …)`.
+fn skipped_cycles(detail: &str) -> Option<(i32, i32)> {
+    if let Some(rest) = detail.strip_prefix("cycles ") {
+        let (range, _) = rest.split_once(' ')?;
+        let (a, b) = range.split_once('-')?;
+        return Some((a.parse().ok()?, b.parse().ok()?));
+    }
+    let rest = detail.strip_prefix("cycle ")?;
+    let n = rest.split_once(' ')?.0.parse().ok()?;
+    Some((n, n))
 }

@@ -413,6 +413,43 @@ fn schedule_preview_and_migrations() {
         ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // --count is 1 to 10000: anything else is a usage error naming it, not an allocation.
+    for count in ["0", "10001", "18446744073709551615", "many"] {
+        let out = run(
+            &config,
+            &[
+                "schedule",
+                "preview",
+                "--anchor",
+                "2027-01-01",
+                "--count",
+                count,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{count}: {}", text(&out));
+        assert!(text(&out).contains("--count"), "{count}: {}", text(&out));
+    }
+    let out = run(
+        &config,
+        &[
+            "schedule",
+            "preview",
+            "--anchor",
+            "2027-01-01",
+            "--interval",
+            "1day",
+            "--count",
+            "10000",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("cycle"))
+            .count(),
+        10_000
+    );
 
     // With auto_migrate off, `run` refuses a database that is not migrated, and says how.
     let text_config = std::fs::read_to_string(&config).unwrap();

@@ -21,11 +21,13 @@ use tokio::task::JoinSet;
 use super::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
 use super::plan::{self, Advance, Decision, Policy, Position, Settled, Valid};
 use crate::clock::SharedClock;
+use crate::config::{self, defaults};
 use crate::domain::{Bid, Moid, Tid};
 use crate::gateway::nicepay::{
     Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState, TxStatus,
 };
 use crate::retry::{Attempt, RetryPolicy, retry};
+use crate::schedule::Skipped;
 use crate::storage::models::ChargeRow;
 use crate::storage::recording::LateRecorded;
 use crate::storage::{
@@ -88,33 +90,37 @@ pub mod futures_hook {
 }
 
 impl EngineSettings {
+    /// The configuration's defaults ([`config::defaults`]).
     pub fn new(owner: String, policy: Policy, call_timeout: Duration) -> Self {
         Self {
             owner,
-            concurrency: 16,
-            batch: 16,
-            lease: Duration::from_secs(30),
+            concurrency: defaults::CONCURRENCY,
+            batch: defaults::CONCURRENCY as i64,
+            lease: defaults::LEASE,
             policy,
-            // See `Config::engine_settings`: 2 calls + in-process resends + margin.
-            settle: call_timeout * 2 + Duration::from_secs(10) + Duration::from_secs(60),
+            settle: config::settle_window(
+                call_timeout,
+                defaults::TRANSIENT_MAX_ELAPSED,
+                defaults::SETTLE_MARGIN,
+            ),
             call_timeout,
             transient: RetryPolicy::new(
                 Duration::from_millis(200),
                 Duration::from_secs(2),
-                Duration::from_secs(10),
+                defaults::TRANSIENT_MAX_ELAPSED,
             ),
             lookup_retry: RetryPolicy::new(
                 Duration::from_secs(5),
-                Duration::from_secs(600),
+                defaults::LOOKUP_MAX_INTERVAL,
                 Duration::ZERO,
             ),
             removal_retry: RetryPolicy::new(
                 Duration::from_secs(60),
-                Duration::from_secs(6 * 3600),
+                defaults::REMOVAL_MAX_INTERVAL,
                 Duration::ZERO,
             ),
-            throttle_pause: Duration::from_secs(5),
-            late_check_after: Duration::from_secs(24 * 3600),
+            throttle_pause: defaults::THROTTLE_PAUSE,
+            late_check_after: defaults::LATE_CHECK_AFTER,
             hooks: Hooks::default(),
         }
     }
@@ -476,17 +482,16 @@ impl Engine {
                 cycle_declines: state.cycle_declines,
                 status: None,
             };
-            let skipped_events = |skipped: &[(u32, DateTime<Utc>)], why: &str| -> Vec<Event> {
-                skipped
-                    .iter()
-                    .map(|(c, at)| {
-                        Event::sub(
-                            id,
-                            EventKind::CycleSkipped,
-                            format!("cycle {c} due {at}: {why}"),
-                        )
-                    })
-                    .collect()
+            // One event per skipped range, however long.
+            let skipped_events = |skipped: &Skipped, why: &str| -> Vec<Event> {
+                if skipped.is_empty() {
+                    return Vec::new();
+                }
+                vec![Event::sub(
+                    id,
+                    EventKind::CycleSkipped,
+                    format!("{skipped}: {why}"),
+                )]
             };
             match decision {
                 Decision::Invalid { reason } => {
@@ -544,7 +549,9 @@ impl Engine {
                     reason,
                 } => {
                     report.skipped_cycles += skipped.len();
-                    let consumed_pause = if reason == Some("paused") {
+                    // A pause whose skipping is unfinished (a cron schedule that waits with a
+                    // time already come) stays a pause for the next pass.
+                    let consumed_pause = if reason == Some("paused") && next_charge_at > now {
                         state.paused_since
                     } else {
                         None

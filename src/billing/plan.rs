@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::model::{BillingState, MerchantRow, MerchantStatus, SubscriptionId, SubscriptionStatus};
 use crate::domain::{Bid, FieldError, Krw, Moid};
 use crate::gateway::nicepay::{Buyer, Class, check_goods_name, form, limits};
-use crate::schedule::{CatchUp, Cycle, IntervalUnit, Schedule, parse_timezone};
+use crate::schedule::{
+    CatchUp, Cycle, DueNow, FirstAfter, IntervalUnit, MAX_CYCLE, Schedule, Skipped, parse_timezone,
+};
 
 /// Where a subscription goes when dunning runs out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,16 +199,14 @@ pub enum Decision {
     /// The row cannot be charged as written.
     Invalid { reason: String },
     /// No cycle is left (max_cycles, ends_at).
-    Ended {
-        skipped: Vec<(Cycle, DateTime<Utc>)>,
-    },
+    Ended { skipped: Skipped },
     /// `cancel_at_period_end`: the period ended; cancel instead of charging.
     CancelAtPeriodEnd { cycle: Cycle },
     /// Nothing to charge yet; remember when the next cycle is due.
     Wait {
         next_cycle: Cycle,
         next_charge_at: DateTime<Utc>,
-        skipped: Vec<(Cycle, DateTime<Utc>)>,
+        skipped: Skipped,
         reason: Option<&'static str>,
     },
     /// Charge one cycle now.
@@ -216,7 +216,7 @@ pub enum Decision {
         attempt: u32,
         moid: Moid,
         /// Earlier cycles passed over by the catch-up policy.
-        skipped: Vec<(Cycle, DateTime<Utc>)>,
+        skipped: Skipped,
     },
 }
 
@@ -229,28 +229,25 @@ pub fn decide(valid: &Valid, row: &BillingState, now: DateTime<Utc>, policy: &Po
         _ => schedule.due_at(1).map(|due| (1, due)),
     };
     let Some((cycle, due)) = current else {
-        return Decision::Ended { skipped: vec![] };
+        return Decision::Ended {
+            skipped: Skipped::default(),
+        };
     };
 
-    // Resumed after a pause: cycles that came due meanwhile are not charged.
+    // Resumed after a pause: cycles that came due meanwhile are not charged. (A cron schedule
+    // may need more than one call to get there: an unfinished skip waits with a time already
+    // come, and the engine keeps the pause for the next call.)
     if row.paused_since.is_some() {
-        let mut skipped = Vec::new();
-        let mut c = (cycle, due);
-        loop {
-            if c.1 > now {
-                return Decision::Wait {
-                    next_cycle: c.0,
-                    next_charge_at: c.1,
-                    skipped,
-                    reason: Some("paused"),
-                };
-            }
-            skipped.push(c);
-            match schedule.next(c.0, c.1) {
-                Some(n) => c = n,
-                None => return Decision::Ended { skipped },
-            }
-        }
+        let next = match schedule.first_after(cycle, due, now) {
+            FirstAfter::Next(next) | FirstAfter::Unfinished(next) => next,
+            FirstAfter::Ended(skipped) => return Decision::Ended { skipped },
+        };
+        return Decision::Wait {
+            next_cycle: next.cycle,
+            next_charge_at: next.due_at,
+            skipped: next.skipped,
+            reason: Some("paused"),
+        };
     }
 
     // In dunning the row's next_charge_at is the retry time, later than the cycle's due time.
@@ -259,17 +256,30 @@ pub fn decide(valid: &Valid, row: &BillingState, now: DateTime<Utc>, policy: &Po
         return Decision::Wait {
             next_cycle: cycle,
             next_charge_at: act_at,
-            skipped: vec![],
+            skipped: Skipped::default(),
             reason: None,
         };
     }
-    let Some(chosen) = schedule.due_now(cycle, due, now, policy.catch_up) else {
-        return Decision::Wait {
-            next_cycle: cycle,
-            next_charge_at: due,
-            skipped: vec![],
-            reason: None,
-        };
+    let chosen = match schedule.due_now(cycle, due, now, policy.catch_up) {
+        DueNow::Charge(chosen) => chosen,
+        DueNow::NotYet => {
+            return Decision::Wait {
+                next_cycle: cycle,
+                next_charge_at: due,
+                skipped: Skipped::default(),
+                reason: None,
+            };
+        }
+        // A cron schedule with more missed cycles than one call steps through: keep how far
+        // catch-up got; the cycle is still due, so the next pass continues from there.
+        DueNow::Unfinished(reached) => {
+            return Decision::Wait {
+                next_cycle: reached.cycle,
+                next_charge_at: reached.due_at,
+                skipped: reached.skipped,
+                reason: None,
+            };
+        }
     };
     if valid.cancel_at_period_end {
         return Decision::CancelAtPeriodEnd {
@@ -278,7 +288,8 @@ pub fn decide(valid: &Valid, row: &BillingState, now: DateTime<Utc>, policy: &Po
     }
     let same_cycle = row.next_cycle == Some(chosen.cycle);
     let attempt = if same_cycle {
-        row.cycle_attempts.saturating_add(1)
+        // At most i32::MAX: it is stored in a 32-bit column.
+        row.cycle_attempts.min(i32::MAX as u32 - 1) + 1
     } else {
         1
     };
@@ -367,13 +378,13 @@ pub fn advance(
         cycle_declines: declines,
         status: None,
     };
-    let later = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let later = |d: Duration| crate::clock::later(now, d);
     match settled {
         // Never two cycles in one go: a cycle that is already due (catch-up "all") waits at
         // least `resend_after`.
         Settled::Approved => match schedule.map(|s| s.next(cycle, due_at)) {
             None => Advance {
-                next_cycle: cycle.saturating_add(1),
+                next_cycle: cycle.saturating_add(1).min(MAX_CYCLE + 1),
                 next_charge_at: None,
                 cycle_attempts: 0,
                 cycle_declines: 0,
@@ -387,7 +398,8 @@ pub fn advance(
                 status: None,
             },
             Some(None) => Advance {
-                next_cycle: cycle.saturating_add(1),
+                // One past the last: at most i32::MAX, the column's limit.
+                next_cycle: cycle.saturating_add(1).min(MAX_CYCLE + 1),
                 next_charge_at: None,
                 cycle_attempts: 0,
                 cycle_declines: 0,
@@ -522,10 +534,105 @@ mod tests {
                     (next_cycle, next_charge_at, reason),
                     (4, at("2027-04-30 09:00"), Some("paused"))
                 );
-                assert_eq!(skipped.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2, 3]);
+                assert_eq!(
+                    (
+                        skipped.count,
+                        skipped.first.map(|s| s.0),
+                        skipped.last.map(|s| s.0)
+                    ),
+                    (2, Some(2), Some(3))
+                );
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Years of missed or paused daily cycles: one summary, decided at once.
+    #[test]
+    fn years_of_cycles_are_one_summary() {
+        let mut r = row();
+        let mut st = fresh();
+        r.interval_unit = "day".into();
+        let now = at("2127-01-31 10:00");
+        let days = (now - at("2027-01-31 09:00")).num_days() as u64;
+        let d = decide_row(&r, &st, now, &Policy::default());
+        match d {
+            Decision::Charge {
+                cycle,
+                skipped,
+                moid,
+                ..
+            } => {
+                assert_eq!((u64::from(cycle), skipped.count), (days + 1, days));
+                assert_eq!(moid.as_str(), format!("S17-C{cycle}-A1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        st.paused_since = Some(at("2027-01-01 00:00"));
+        let d = decide_row(&r, &st, now, &Policy::default());
+        assert!(
+            matches!(d, Decision::Wait { next_cycle, skipped, reason: Some("paused"), .. }
+                if u64::from(next_cycle) == days + 2 && skipped.count == days + 1),
+            "{d:?}"
+        );
+        // Cycle numbers and attempt counts at the limits of their columns.
+        let r = row();
+        let mut st = fresh();
+        st.next_cycle = Some(i32::MAX as u32);
+        let d = decide_row(&r, &st, now, &Policy::default());
+        assert!(matches!(d, Decision::Ended { .. }), "{d:?}");
+        let mut st = fresh();
+        st.next_cycle = Some(1);
+        st.cycle_attempts = i32::MAX as u32;
+        let d = decide_row(&r, &st, at("2027-01-31 10:00"), &Policy::default());
+        assert!(
+            matches!(d, Decision::Charge { attempt, .. } if attempt == i32::MAX as u32),
+            "{d:?}"
+        );
+    }
+
+    /// A cron schedule paused for more occurrences than one call steps through: the first
+    /// call waits with a time already come (the engine keeps the pause), the next finishes.
+    #[test]
+    fn a_long_cron_pause_takes_two_calls() {
+        let mut r = row();
+        let mut st = fresh();
+        r.cron = Some("* * * * *".into());
+        r.anchor_at = at("2027-01-01 00:00");
+        st.paused_since = Some(at("2027-01-01 00:30"));
+        let now = at("2027-03-20 00:00") + chrono::Duration::seconds(30);
+        let policy = Policy::default();
+        let minutes = (now - at("2027-01-01 00:00")).num_minutes() as u64;
+        let mut passed = 0;
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let d = decide_row(&r, &st, now, &policy);
+            let Decision::Wait {
+                next_cycle,
+                next_charge_at,
+                skipped,
+                reason: Some("paused"),
+            } = d
+            else {
+                panic!("{d:?}")
+            };
+            passed += skipped.count;
+            st.next_cycle = Some(next_cycle);
+            st.next_charge_at = Some(next_charge_at);
+            if next_charge_at > now {
+                assert_eq!(
+                    (u64::from(next_cycle), next_charge_at, passed),
+                    (minutes + 2, at("2027-03-20 00:01"), minutes + 1)
+                );
+                break;
+            }
+        }
+        assert_eq!(calls, 2);
+    }
+
+    fn decide_row(r: &MerchantRow, st: &BillingState, now: DateTime<Utc>, p: &Policy) -> Decision {
+        decide(&validate(r, p).unwrap(), st, now, p)
     }
 
     #[test]

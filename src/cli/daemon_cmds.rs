@@ -37,9 +37,14 @@ pub struct PreviewArgs {
     pub timezone: Option<String>,
     #[arg(long)]
     pub max_cycles: Option<i64>,
-    /// How many charge times to print.
-    #[arg(long, default_value_t = 12)]
+    /// How many charge times to print (1 to 10000).
+    #[arg(long, default_value_t = 12, value_parser = count_parser())]
     pub count: usize,
+}
+
+/// Previews are for reading: at most 10,000 lines (a bad count is a usage error, exit 2).
+fn count_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=10_000)
 }
 
 fn load(config: &Path) -> Result<Config, CliError> {

@@ -476,13 +476,7 @@ impl Store {
     }
 }
 
-/// `now + d`, saturating at the end of representable time instead of panicking.
-pub(crate) fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
+pub(crate) use crate::clock::later;
 
 fn insert_events(
     c: &mut AnyConnection,

@@ -359,7 +359,11 @@ impl NicepayClient {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
-            .timeout(settings.connect_timeout + settings.read_timeout)
+            .timeout(
+                settings
+                    .connect_timeout
+                    .saturating_add(settings.read_timeout),
+            )
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("nicebill/", env!("CARGO_PKG_VERSION")))
             .build()?;
