@@ -12,6 +12,7 @@ mod claims;
 mod figures;
 pub mod merchant;
 pub mod models;
+mod notice;
 pub mod recording;
 pub mod schema;
 
