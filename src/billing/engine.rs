@@ -944,10 +944,22 @@ impl Engine {
                 // ours; this one cannot. Looked up again later; an operator is told.
                 tracing::error!(subscription = f.subscription_id.0, tid = %f.tid, "duplicate TID, and the status lookup does not say whose transaction it is; left unresolved");
                 let delay = self.settings.lookup_retry.delay(lookups.max(1) as u32 - 1);
-                unresolved(
+                let (mut outcome, settledness) = unresolved(
                     later(now, delay),
                     "duplicate TID; the lookup carries no Moid/amount to prove it is ours".into(),
-                )
+                );
+                // Said once in the event log, at the first lookup that could not tell.
+                if lookups == 1 {
+                    outcome.events.push(Event::sub(
+                        f.subscription_id,
+                        EventKind::LookupMismatch,
+                        format!(
+                            "TID {}: duplicate TID, and the status lookup does not show whose transaction it is; left unresolved until it does or an operator decides",
+                            f.tid
+                        ),
+                    ));
+                }
+                (outcome, settledness)
             }
             (TxState::Approved, _) => {
                 let result = ChargeResult {
