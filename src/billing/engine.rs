@@ -764,7 +764,7 @@ impl Engine {
         &self,
         f: &ChargeFacts,
         settled: Settled,
-        mut result: ChargeResult,
+        result: ChargeResult,
     ) -> (Outcome, Settledness) {
         let now = self.clock.now();
         let declines = f.prior_declines + u32::from(settled == Settled::Declined);
@@ -849,9 +849,6 @@ impl Engine {
             }
             None => None,
         };
-        if result.state == ChargeState::NotCharged && result.late_check_at.is_none() {
-            result.late_check_at = None;
-        }
         let bookkeeping = Bookkeeping {
             next_cycle: adv.next_cycle,
             next_charge_at: adv.next_charge_at,

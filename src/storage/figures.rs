@@ -238,15 +238,4 @@ impl Store {
         })
         .await
     }
-
-    /// Subscriptions claimed right now (tests, diagnostics).
-    pub async fn claimed(&self) -> Result<i64, StoreError> {
-        self.run(|c| {
-            Ok(billing_state::table
-                .filter(billing_state::claimed_by.is_not_null())
-                .count()
-                .get_result(c)?)
-        })
-        .await
-    }
 }

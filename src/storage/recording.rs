@@ -12,8 +12,8 @@ use super::batch;
 use super::models::{ChargeRow, NewCharge};
 use super::schema::{billing_state, billkey_removals, charges};
 use super::{
-    AnyConnection, Bookkeeping, ChargeResult, Event, Outcome, Reschedule, StartAttempt, Store,
-    StoreError, insert_events, naive, queue_removal,
+    AnyConnection, Bookkeeping, Event, Outcome, Reschedule, StartAttempt, Store, StoreError,
+    insert_events, naive, queue_removal,
 };
 use crate::billing::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
 
@@ -621,11 +621,4 @@ fn set_status_if_active(
             billing_state::updated_at.eq(now),
         ))
         .execute(c)?)
-}
-
-impl ChargeResult {
-    /// The stored text of the state.
-    pub fn state_text(&self) -> &'static str {
-        self.state.as_str()
-    }
 }
