@@ -1,6 +1,8 @@
 //! The fault campaign: the real `nicebill` binary against `nicebill sim`, with the gateway
-//! going down mid-run, answers lost and the daemon SIGKILLed over and over, and three daemons
-//! sharing one database; then a scan of everything the processes wrote for secrets. Each case
+//! going down mid-run, answers lost and the daemon SIGKILLed over and over, three daemons
+//! sharing one database, and the merchant's application writing its rows (stale full-row
+//! saves, pauses, cancellations, new cards, bad values) while daemons are SIGKILLed; then a
+//! scan of everything the processes wrote for secrets. Each case
 //! ends with the same [`verdict`] from the simulator's ledger and the `charges` table: no cycle
 //! charged twice, no due cycle left uncharged without a recorded reason, no attempt left
 //! unresolved, and every approval at the gateway recorded as `approved` with its Moid and
@@ -9,7 +11,7 @@
 //!
 //! Small scale by default (seconds per case in a debug build). The full scale — 2,000
 //! subscriptions and a 60 s outage, 25 SIGKILLs during 2,000 charges, 5,000 charges over three
-//! instances — is one command:
+//! instances, 2,000 merchant writes during at least 25 SIGKILLs — is one command:
 //!
 //! ```sh
 //! NICEBILL_CAMPAIGN=full cargo test --release --test campaign -- --nocapture
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use nicebill::domain::{Bid, CardDetails, Moid};
 use nicebill::gateway::nicepay::{Buyer, Charset, EdiType, IssueRequest, NicepayClient};
-use nicebill::sim::{LedgerEntry, LedgerState};
+use nicebill::sim::{LedgerEntry, LedgerState, RemovalEntry};
 use nicebill::storage::models::NewSubscription;
 use nicebill::storage::{AnyConnection, Store};
 use rand::{Rng, SeedableRng};
@@ -59,6 +61,12 @@ pub struct Scale {
     pub instance_charges: usize,
     /// `tests/pg_restart.rs`: subscriptions due when PostgreSQL restarts.
     pub restart_charges: usize,
+    /// Case e: subscriptions at the start, merchant writes, the pause between writes (ms),
+    /// and at least this many SIGKILLs while the merchant writes.
+    pub merchant_subscriptions: usize,
+    pub merchant_writes: usize,
+    pub merchant_pace_ms: u64,
+    pub merchant_kills: usize,
     /// The longest any wait for the backlog may take before the case fails.
     pub patience: Duration,
 }
@@ -76,6 +84,10 @@ impl Scale {
                 kill_after_ms: (500, 2_500),
                 instance_charges: 5_000,
                 restart_charges: 3_000,
+                merchant_subscriptions: 300,
+                merchant_writes: 2_000,
+                merchant_pace_ms: 30,
+                merchant_kills: 25,
                 patience: Duration::from_secs(900),
             }
         } else {
@@ -88,6 +100,10 @@ impl Scale {
                 kill_after_ms: (300, 1_500),
                 instance_charges: 300,
                 restart_charges: 300,
+                merchant_subscriptions: 40,
+                merchant_writes: 200,
+                merchant_pace_ms: 30,
+                merchant_kills: 5,
                 patience: Duration::from_secs(120),
             }
         };
@@ -332,6 +348,17 @@ pub fn health_command(config: &Path) -> (Option<i32>, String) {
 
 pub async fn ledger(sim_url: &str) -> Vec<LedgerEntry> {
     let body = reqwest::get(format!("{sim_url}/_sim/ledger"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Every billkey removal the simulator carried out.
+pub async fn removals(sim_url: &str) -> Vec<RemovalEntry> {
+    let body = reqwest::get(format!("{sim_url}/_sim/removals"))
         .await
         .unwrap()
         .bytes()
@@ -1323,4 +1350,570 @@ fn skipped_cycles(detail: &str) -> Option<(i32, i32)> {
     let rest = detail.strip_prefix("cycle ")?;
     let n = rest.split_once(' ')?.0.parse().ok()?;
     Some((n, n))
+}
+
+// ---------------------------------------------------------------------------------------------
+// e. The merchant's application writes while nicebill charges.
+
+#[crate::campaign_case(flavor = "multi_thread", worker_threads = 2)]
+async fn merchant_application_writes_while_charging() {
+    let scale = Scale::from_env();
+    for db in support::databases("campaign_merchant").await {
+        merchant_mode(&scale, db).await;
+    }
+}
+
+/// Every merchant column of a row, written whole (an ORM's save of its in-memory object).
+#[derive(AsChangeset)]
+#[diesel(table_name = nicebill::storage::schema::subscriptions, treat_none_as_null = true)]
+struct FullRow {
+    external_id: String,
+    bid: String,
+    amount: i64,
+    goods_name: String,
+    buyer_name: Option<String>,
+    buyer_email: Option<String>,
+    buyer_tel: Option<String>,
+    card_quota: String,
+    card_interest: String,
+    interval_unit: String,
+    interval_count: i32,
+    cron: Option<String>,
+    timezone: Option<String>,
+    anchor_at: chrono::NaiveDateTime,
+    max_cycles: Option<i32>,
+    ends_at: Option<chrono::NaiveDateTime>,
+    status: String,
+    cancel_at_period_end: bool,
+    updated_at: chrono::NaiveDateTime,
+}
+
+impl From<&NewSubscription> for FullRow {
+    fn from(r: &NewSubscription) -> Self {
+        FullRow {
+            external_id: r.external_id.clone(),
+            bid: r.bid.clone(),
+            amount: r.amount,
+            goods_name: r.goods_name.clone(),
+            buyer_name: r.buyer_name.clone(),
+            buyer_email: r.buyer_email.clone(),
+            buyer_tel: r.buyer_tel.clone(),
+            card_quota: r.card_quota.clone(),
+            card_interest: r.card_interest.clone(),
+            interval_unit: r.interval_unit.clone(),
+            interval_count: r.interval_count,
+            cron: r.cron.clone(),
+            timezone: r.timezone.clone(),
+            anchor_at: r.anchor_at,
+            max_cycles: r.max_cycles,
+            ends_at: r.ends_at,
+            status: r.status.clone(),
+            cancel_at_period_end: r.cancel_at_period_end,
+            updated_at: chrono::Utc::now().naive_utc(),
+        }
+    }
+}
+
+/// One row as the merchant's application holds it: the copy it saved last, and a copy it
+/// loaded earlier and may still save back whole.
+struct HeldRow {
+    current: NewSubscription,
+    stale: NewSubscription,
+    cron: bool,
+}
+
+/// The merchant's application, as case e plays it: what it wrote, and what it knows.
+#[derive(Default)]
+struct MerchantApp {
+    rows: BTreeMap<i64, HeldRow>,
+    /// Billkeys issued and not yet given to a row.
+    spare: Vec<Bid>,
+    /// Billkey → when the last row that could still be charged with it let it go (a
+    /// cancellation, a new card), taken before that write began. A billkey let go is never
+    /// given to a row again. A billkey not here is in use.
+    let_go: HashMap<String, chrono::DateTime<chrono::Utc>>,
+    /// Rows written with a bad value, and the column that is bad.
+    bad: Vec<(i64, &'static str)>,
+    writes: BTreeMap<&'static str, usize>,
+}
+
+impl MerchantApp {
+    fn total_writes(&self) -> usize {
+        self.writes.values().sum()
+    }
+
+    /// Rows the merchant means to charge or has paused (not cancelled, not bad).
+    fn live(&self, status: Option<&str>) -> Vec<i64> {
+        self.rows
+            .iter()
+            .filter(|(_, r)| match status {
+                Some(s) => r.current.status == s,
+                None => r.current.status != "cancelled",
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether a live row other than `except` holds `bid`.
+    fn held_elsewhere(&self, bid: &str, except: i64) -> bool {
+        self.rows
+            .iter()
+            .any(|(id, r)| *id != except && r.current.status != "cancelled" && r.current.bid == bid)
+    }
+
+    /// Saves `row` whole as row `id`; `kind` counts the write. `let_go` is a billkey the
+    /// write leaves no live row with.
+    async fn save(&mut self, store: &Store, id: i64, row: NewSubscription, kind: &'static str) {
+        use nicebill::storage::schema::subscriptions;
+        let old_bid = self.rows[&id].current.bid.clone();
+        let letting_go = (row.bid != old_bid || row.status == "cancelled")
+            && self.rows[&id].current.status != "cancelled"
+            && !self.held_elsewhere(&old_bid, id);
+        let at = chrono::Utc::now();
+        let changes = FullRow::from(&row);
+        let n = store
+            .write(move |c| {
+                Ok(diesel::update(subscriptions::table.find(id))
+                    .set(&changes)
+                    .execute(c)?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{kind} of row {id}");
+        if letting_go {
+            self.let_go.entry(old_bid).or_insert(at);
+        }
+        self.rows.get_mut(&id).unwrap().current = row;
+        *self.writes.entry(kind).or_default() += 1;
+    }
+
+    async fn insert(
+        &mut self,
+        store: &Store,
+        row: NewSubscription,
+        cron: bool,
+        kind: &'static str,
+    ) -> i64 {
+        use nicebill::storage::schema::subscriptions;
+        let new = row.clone();
+        let id = store
+            .write(move |c| {
+                Ok(diesel::insert_into(subscriptions::table)
+                    .values(&new)
+                    .returning(subscriptions::id)
+                    .get_result::<i64>(c)?)
+            })
+            .await
+            .unwrap();
+        self.rows.insert(
+            id,
+            HeldRow {
+                current: row.clone(),
+                stale: row,
+                cron,
+            },
+        );
+        *self.writes.entry(kind).or_default() += 1;
+        id
+    }
+}
+
+/// A new row: every 5 seconds from now (cron), or monthly and due an hour ago.
+fn merchant_row(name: &str, bid: &Bid, amount: i64, cron: bool) -> NewSubscription {
+    let now = chrono::Utc::now();
+    let mut row = support::monthly(name, bid, amount, now - chrono::Duration::hours(1));
+    if cron {
+        row.cron = Some("*/5 * * * * *".into());
+        row.anchor_at = now.naive_utc();
+    }
+    row
+}
+
+/// Bad values every backend stores as written, and the column each must be named by.
+const BAD_VALUES: [&str; 8] = [
+    "status",
+    "amount",
+    "goods_name",
+    "bid",
+    "interval_unit",
+    "interval_count",
+    "timezone",
+    "cron",
+];
+
+fn spoil(row: &mut NewSubscription, column: &str) {
+    match column {
+        "status" => row.status = "frozen".into(),
+        "amount" => row.amount = 1_000_000_000_000,
+        "goods_name" => row.goods_name = String::new(),
+        "bid" => row.bid = format!(" {} ", row.bid),
+        "interval_unit" => row.interval_unit = "fortnight".into(),
+        "interval_count" => row.interval_count = 0,
+        "timezone" => row.timezone = Some("Mars/Olympus".into()),
+        "cron" => row.cron = Some("every other tuesday".into()),
+        _ => unreachable!("{column}"),
+    }
+}
+
+/// Plays the merchant's application: `writes` writes, `pace` apart, of every kind merchant
+/// applications make.
+async fn play_merchant(
+    store: Store,
+    mut app: MerchantApp,
+    writes: usize,
+    pace: Duration,
+    seed: u64,
+) -> MerchantApp {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut n = 0usize;
+    while app.total_writes() < writes {
+        n += 1;
+        let pick = |rng: &mut rand::rngs::StdRng, ids: &[i64]| -> Option<i64> {
+            (!ids.is_empty()).then(|| ids[rng.random_range(0..ids.len())])
+        };
+        let roll = rng.random_range(0..100);
+        match roll {
+            // A stale full-row save: an object loaded earlier, saved back whole with a new
+            // e-mail address. Status and billkey are the app's own current intent (saving back
+            // a cancelled status or a card it replaced is the app losing its own update, which
+            // no billing daemon can undo).
+            0..=24 => {
+                let Some(id) = pick(&mut rng, &app.live(None)) else {
+                    continue;
+                };
+                let held = &app.rows[&id];
+                let mut row = held.stale.clone();
+                row.status = held.current.status.clone();
+                row.bid = held.current.bid.clone();
+                row.buyer_email = Some(format!("buyer{n}@example.com"));
+                app.save(&store, id, row, "stale full-row save").await;
+            }
+            // The app loads a fresh copy (no write).
+            25..=34 => {
+                if let Some(id) = pick(&mut rng, &app.live(None)) {
+                    let held = app.rows.get_mut(&id).unwrap();
+                    held.stale = held.current.clone();
+                }
+                continue;
+            }
+            35..=46 => {
+                let Some(id) = pick(&mut rng, &app.live(Some("active"))) else {
+                    continue;
+                };
+                let mut row = app.rows[&id].current.clone();
+                row.status = "paused".into();
+                app.save(&store, id, row, "pause").await;
+            }
+            47..=58 => {
+                let Some(id) = pick(&mut rng, &app.live(Some("paused"))) else {
+                    continue;
+                };
+                let mut row = app.rows[&id].current.clone();
+                row.status = "active".into();
+                app.save(&store, id, row, "resume").await;
+            }
+            59..=64 => {
+                let Some(id) = pick(&mut rng, &app.live(None)) else {
+                    continue;
+                };
+                let mut row = app.rows[&id].current.clone();
+                row.status = "cancelled".into();
+                app.save(&store, id, row, "cancel").await;
+            }
+            // A cancelled row reactivated with a new card.
+            65..=68 => {
+                let cancelled: Vec<i64> = app
+                    .rows
+                    .iter()
+                    .filter(|(_, r)| r.current.status == "cancelled")
+                    .map(|(id, _)| *id)
+                    .collect();
+                let Some(id) = pick(&mut rng, &cancelled) else {
+                    continue;
+                };
+                let Some(bid) = app.spare.pop() else { continue };
+                let mut row = app.rows[&id].current.clone();
+                row.status = "active".into();
+                row.bid = bid.to_string();
+                app.save(&store, id, row, "reactivate with a new card")
+                    .await;
+            }
+            69..=78 => {
+                let Some(id) = pick(&mut rng, &app.live(None)) else {
+                    continue;
+                };
+                let Some(bid) = app.spare.pop() else { continue };
+                let mut row = app.rows[&id].current.clone();
+                row.bid = bid.to_string();
+                app.save(&store, id, row, "new card").await;
+            }
+            // The card of another live row (one customer, two products).
+            79..=82 => {
+                let live = app.live(None);
+                let (Some(id), Some(other)) = (pick(&mut rng, &live), pick(&mut rng, &live)) else {
+                    continue;
+                };
+                let bid = app.rows[&other].current.bid.clone();
+                if other == id || bid == app.rows[&id].current.bid {
+                    continue;
+                }
+                let mut row = app.rows[&id].current.clone();
+                row.bid = bid;
+                app.save(&store, id, row, "card shared with another row")
+                    .await;
+            }
+            83..=92 => {
+                let Some(id) = pick(&mut rng, &app.live(None)) else {
+                    continue;
+                };
+                let mut row = app.rows[&id].current.clone();
+                row.amount = rng.random_range(1_000..100_000);
+                app.save(&store, id, row, "new amount").await;
+            }
+            93..=96 => {
+                let Some(bid) = app.spare.pop() else { continue };
+                let cron = rng.random_bool(0.5);
+                let row = merchant_row(&format!("m-new-{n}"), &bid, 2_000 + n as i64, cron);
+                app.insert(&store, row, cron, "new row").await;
+            }
+            _ => {
+                let Some(bid) = app.spare.pop() else { continue };
+                let column = BAD_VALUES[rng.random_range(0..BAD_VALUES.len())];
+                let mut row = merchant_row(&format!("m-bad-{n}"), &bid, 3_000, false);
+                spoil(&mut row, column);
+                let id = app
+                    .insert(&store, row, false, "new row with a bad value")
+                    .await;
+                app.rows.remove(&id);
+                app.bad.push((id, column));
+            }
+        }
+        tokio::time::sleep(pace).await;
+    }
+    app
+}
+
+/// Billkeys removed at NICEPAY before the merchant's application let them go (or never let go).
+fn removal_findings(
+    removed: &[RemovalEntry],
+    let_go: &HashMap<String, chrono::DateTime<chrono::Utc>>,
+    rows: &BTreeMap<i64, HeldRow>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for r in removed {
+        let tail = &r.bid[r.bid.len().saturating_sub(4)..];
+        match let_go.get(&r.bid) {
+            Some(at) if *at <= r.removed_at => {}
+            Some(at) => failures.push(format!(
+                "billkey …{tail} removed at {} before the merchant let it go at {at}",
+                r.removed_at
+            )),
+            None => failures.push(format!(
+                "billkey …{tail} removed at {} while live rows hold it: {:?}",
+                r.removed_at,
+                rows.iter()
+                    .filter(|(_, h)| h.current.bid == r.bid && h.current.status != "cancelled")
+                    .map(|(id, h)| (*id, h.current.status.clone(), h.cron))
+                    .collect::<Vec<_>>()
+            )),
+        }
+    }
+    failures
+}
+
+/// Case e: while daemons charge (and are SIGKILLed, with 5 % of answers lost), the merchant's
+/// application saves stale rows whole, pauses, resumes, cancels and reactivates, changes cards
+/// and amounts, shares cards between rows, and adds rows, some with bad values. The verdict is
+/// the campaign's, and: no billkey removed at NICEPAY while a row that could be charged with it
+/// held it (nor any attempt sent with a removed billkey), every bad row `invalid` naming its
+/// column and never charged, and every row the merchant left active charged.
+async fn merchant_mode(scale: &Scale, db: TestDb) {
+    let label = db.label;
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_sim, url) = start_sim(20, &["drop_after:approve:0.05"], None);
+    let n = scale.merchant_subscriptions;
+    // Enough billkeys for the rows and for every write that may want a new one.
+    let cards = card_numbers(5, n + scale.merchant_writes / 3 + 50);
+    let mut bids = issue_billkeys(&client_at(&url), &cards, &format!("m-{label}")).await;
+    let mut app = MerchantApp::default();
+    for i in 0..n {
+        let bid = bids.pop().unwrap();
+        let cron = i % 2 == 0;
+        let row = merchant_row(&format!("m-{i}"), &bid, 1_000 + i as i64, cron);
+        app.insert(&db.store, row, cron, "initial row").await;
+    }
+    app.writes.clear();
+    app.spare = bids;
+
+    // One instance on SQLite, two side by side on PostgreSQL; all SIGKILLed at random moments
+    // while the merchant writes.
+    let names: &[&str] = if label == "postgres" {
+        &["m1", "m2"]
+    } else {
+        &["m1"]
+    };
+    let configs: Vec<PathBuf> = names
+        .iter()
+        .map(|name| write_config(dir, name, &url, &db.url, 4, false))
+        .collect();
+    let merchant = tokio::spawn(play_merchant(
+        db.store.clone(),
+        app,
+        scale.merchant_writes,
+        Duration::from_millis(scale.merchant_pace_ms),
+        2028,
+    ));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2029);
+    let mut kills = 0;
+    let mut round = 0;
+    while !merchant.is_finished() || kills < scale.merchant_kills {
+        let daemons: Vec<Proc> = configs
+            .iter()
+            .zip(names)
+            .map(|(config, name)| {
+                spawn_run(
+                    config,
+                    &dir.join(format!("{name}-{round}.log")),
+                    "warn",
+                    name,
+                )
+            })
+            .collect();
+        let (lo, hi) = scale.kill_after_ms;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(lo..hi))).await;
+        for daemon in daemons {
+            daemon.kill();
+        }
+        kills += 1;
+        round += 1;
+        assert!(
+            started.elapsed() < scale.patience * 2,
+            "{label}: the merchant's writes did not finish"
+        );
+    }
+    let mut app = merchant.await.unwrap();
+
+    // The cron rows end now, so that the run below can finish what is due. An ended row is
+    // charged no more: a billkey only ended rows hold may go from now on.
+    let ending = chrono::Utc::now();
+    let only_ended: Vec<String> = app
+        .rows
+        .values()
+        .filter(|r| r.current.status != "cancelled" && !app.let_go.contains_key(&r.current.bid))
+        .map(|r| r.current.bid.clone())
+        .filter(|bid| {
+            app.rows
+                .values()
+                .all(|r| r.cron || r.current.status == "cancelled" || r.current.bid != *bid)
+        })
+        .collect();
+    for bid in only_ended {
+        app.let_go.insert(bid, ending);
+    }
+    let cron_rows: Vec<i64> = app
+        .rows
+        .iter()
+        .filter(|(_, r)| r.cron)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in cron_rows {
+        let mut row = app.rows[&id].current.clone();
+        row.ends_at = Some(chrono::Utc::now().naive_utc());
+        app.save(&db.store, id, row, "end").await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = bin("warn")
+        .args(["run", "--once", "--config"])
+        .arg(&configs[0])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{label}: run --once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ledger = ledger(&url).await;
+    let tally = verdict(label, &db.store, &ledger).await;
+    let mut failures = Vec::new();
+
+    // No attempt went out with a billkey NICEPAY had removed, or did not know.
+    let charges = db.store.charges(None).await.unwrap();
+    for c in &charges {
+        if matches!(c.result_code.as_deref(), Some("A124" | "A126")) {
+            failures.push(format!(
+                "attempt {} was sent with a removed or unknown billkey: {:?} {:?}",
+                c.moid, c.result_code, c.result_msg
+            ));
+        }
+    }
+    // No billkey removed while a row that could be charged with it held it; and that check
+    // finds what it looks for (every removal is a finding when nothing was let go).
+    let removed = removals(&url).await;
+    failures.extend(removal_findings(&removed, &app.let_go, &app.rows));
+    assert!(
+        removed.is_empty()
+            || removal_findings(&removed, &HashMap::new(), &app.rows).len() == removed.len(),
+        "{label}: the removal check finds nothing"
+    );
+    // Every bad row invalid, naming its column, and never charged; every row the merchant
+    // left active charged (or ended), paused rows paused, cancelled rows cancelled.
+    let subscriptions = db.store.subscriptions().await.unwrap();
+    let by_id: HashMap<i64, _> = subscriptions.iter().map(|s| (s.id, s)).collect();
+    for (id, column) in &app.bad {
+        let s = by_id[id];
+        let reason = s.status_reason.clone().unwrap_or_default();
+        if s.status != "invalid" || !reason.starts_with(column) {
+            failures.push(format!(
+                "bad row {id} ({column}) is {} ({reason})",
+                s.status
+            ));
+        }
+        if charges.iter().any(|c| c.subscription_id == *id) {
+            failures.push(format!("bad row {id} ({column}) has attempts"));
+        }
+    }
+    for (id, held) in &app.rows {
+        let s = by_id[id];
+        let allowed: &[&str] = match held.current.status.as_str() {
+            "active" => &["active", "ended"],
+            "paused" => &["paused", "ended"],
+            _ => &["cancelled"],
+        };
+        if !allowed.contains(&s.status.as_str()) {
+            failures.push(format!(
+                "row {id}, {} for the merchant, is {} ({:?})",
+                held.current.status, s.status, s.status_reason
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{label}: {} problem(s):\n  {}",
+        failures.len(),
+        failures
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+    let total = app.total_writes();
+    assert!(
+        total >= scale.merchant_writes && kills >= scale.merchant_kills,
+        "{label}: {total} writes, {kills} kills"
+    );
+    eprintln!(
+        "{label}: merchant case: {total} merchant writes {:?}, {kills} SIGKILL rounds of {} \
+         instance(s), {} approvals, {} bad rows invalid, {} billkeys removed at NICEPAY; \
+         {tally:?}; {:?} in all",
+        app.writes,
+        names.len(),
+        ledger.len(),
+        app.bad.len(),
+        removed.len(),
+        started.elapsed()
+    );
 }

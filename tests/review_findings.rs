@@ -11,7 +11,9 @@
 //! - (e) a pause noticed while an attempt is in flight survives the attempt's outcome write,
 //!   and the cycles due during the pause are skipped on resume;
 //! - (f) an unresolved attempt whose row later fails validation is still looked up and
-//!   recorded, and the subscription then becomes `invalid` naming the column.
+//!   recorded, and the subscription then becomes `invalid` naming the column;
+//! - a new card saved while an instance is between claim and commit: the old billkey is
+//!   removed, and the attempt planned with it is never committed or sent.
 
 mod support;
 
@@ -1017,5 +1019,104 @@ async fn an_unresolved_attempt_of_a_row_gone_bad_is_still_resolved() {
         );
         assert_eq!(w.sent(zone).len(), 1, "{}: still invalid", w.label);
         w.sim.shutdown().await;
+    }
+}
+
+// ---- a new card between claim and commit ----
+
+/// Instance A claims a due subscription and stalls before committing its attempt. Meanwhile
+/// the merchant gives the subscription a new card, and instance B notices the change and
+/// removes the old billkey at NICEPAY (no attempt with it is unresolved, no other
+/// subscription uses it). When A goes on, it must not commit the attempt it planned with the
+/// removed billkey: the cycle is charged once, with the new card, and the subscription stays
+/// active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_card_between_claim_and_commit_is_charged_not_the_removed_one() {
+    for db in databases("race_card").await {
+        let w = world(&db, kst("2027-03-01 10:00")).await;
+        let id = w.add("card-1").await;
+        w.store.notice(w.now()).await.unwrap();
+        let old = w.merchant_bid(id).await;
+
+        let (stall_a, hooks_a) = Stall::new();
+        let a = w.engine("instance-a", hooks_a);
+        let b = w.engine("instance-b", Hooks::default());
+        let pass_a = tokio::spawn({
+            let a = a.clone();
+            async move { a.pass().await }
+        });
+        stall_a.until_claimed("instance A").await;
+
+        // The merchant's application saves a new card; B notices it and removes the old one.
+        let new = issue(&w.client, "9410123456780001", "bk-card-1-new").await;
+        let new_text = new.to_string();
+        w.merchant_write(move |c| {
+            diesel::update(subscriptions::table.find(id))
+                .set(subscriptions::bid.eq(new_text.clone()))
+                .execute(c)
+        })
+        .await;
+        let report_b = b.pass().await.unwrap();
+        assert_eq!(
+            report_b.attempts, 0,
+            "{}: A holds the claim: {report_b:?}",
+            w.label
+        );
+        let removed: Vec<String> = w.sim.removals().into_iter().map(|r| r.bid).collect();
+        assert_eq!(removed, vec![old.clone()], "{}", w.label);
+
+        stall_a.release();
+        let report_a = finish(pass_a, "instance A").await.unwrap();
+        assert_eq!(
+            report_a.attempts, 0,
+            "{}: A planned with the removed billkey; it must not commit: {report_a:?}",
+            w.label
+        );
+        // The next pass charges the cycle with the new card.
+        b.pass().await.unwrap();
+        let sent: Vec<(String, Option<String>, Option<String>)> = w
+            .charges(id)
+            .await
+            .into_iter()
+            .map(|c| (c.moid, c.bid, c.result_code))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![(
+                format!("S{id}-C1-A1"),
+                Some(new.to_string()),
+                Some("3001".to_owned())
+            )],
+            "{}",
+            w.label
+        );
+        assert_eq!(w.approved(id), vec![format!("S{id}-C1-A1")], "{}", w.label);
+        assert_eq!(
+            w.state(id).await.status,
+            SubscriptionStatus::Active,
+            "{}",
+            w.label
+        );
+        assert_eq!(
+            w.events(id, "billkey_changed").await.len(),
+            1,
+            "{}",
+            w.label
+        );
+        w.sim.shutdown().await;
+    }
+}
+
+impl World {
+    /// The billkey the merchant's row of subscription `id` names now.
+    async fn merchant_bid(&self, id: i64) -> String {
+        self.store
+            .subscriptions()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.id == id)
+            .expect("the row exists")
+            .bid
     }
 }

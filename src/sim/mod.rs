@@ -19,11 +19,12 @@
 //! | ----------------------- | ---------------------------------------------------------- |
 //! | `GET /_sim/health`      | `{"ok":true}`                                              |
 //! | `GET /_sim/ledger`      | every successful approval, as a JSON array of [`LedgerEntry`] |
+//! | `GET /_sim/removals`    | every billkey removal carried out, as a JSON array of [`RemovalEntry`] |
 //! | `GET /_sim/requests`    | requests received per API (`{"approve":3,…}`)              |
 //! | `POST /_sim/faults`     | body: JSON array of [`FaultRule`]; replaces the rules       |
 //! | `POST /_sim/latency`    | body: `{"ms":20}`; delay before every API answer           |
 //! | `POST /_sim/hold`       | body: `{"ms":10000}`; how long a `hold_before` request is held |
-//! | `POST /_sim/reset`      | forgets ledger, billkeys, TIDs and fault rules             |
+//! | `POST /_sim/reset`      | forgets ledger, removals, billkeys, TIDs and fault rules   |
 //! | `POST /_sim/foreign_approval` | body: `{"tid":…,"moid":…,"amount":9900}`; somebody else's approval holds the TID (see [`SimHandle::seed_foreign_approval`]) |
 //!
 //! The simulator accepts any card and signs with test keys, so it only ever listens on
@@ -47,7 +48,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::domain::{Krw, MerchantKey, Mid, Tid};
 use crate::gateway::nicepay::Api;
 
-pub use state::{LedgerEntry, LedgerState};
+pub use state::{LedgerEntry, LedgerState, RemovalEntry};
 
 /// Everything the simulator starts with.
 #[derive(Clone)]
@@ -271,6 +272,11 @@ impl SimHandle {
         self.shared.ledger()
     }
 
+    /// Every billkey removal carried out (`F101`), in order.
+    pub fn removals(&self) -> Vec<RemovalEntry> {
+        self.shared.removals()
+    }
+
     /// Replaces the fault rules.
     pub fn set_faults(&self, rules: Vec<FaultRule>) {
         self.shared.set_faults(rules);
@@ -301,7 +307,7 @@ impl SimHandle {
             .seed_foreign_approval(tid.as_str(), moid, amount.value())
     }
 
-    /// Forgets ledger, billkeys, TIDs and fault rules (as `POST /_sim/reset`).
+    /// Forgets ledger, removals, billkeys, TIDs and fault rules (as `POST /_sim/reset`).
     pub fn reset(&self) {
         self.shared.reset();
     }

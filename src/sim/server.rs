@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::state::{LedgerEntry, SimState, Tamper};
+use super::state::{LedgerEntry, RemovalEntry, SimState, Tamper};
 use super::{FaultMode, FaultRule, SimConfig};
 use crate::gateway::nicepay::Api;
 
@@ -113,6 +113,10 @@ impl Shared {
 
     pub(super) fn ledger(&self) -> Vec<LedgerEntry> {
         lock(&self.state).ledger().to_vec()
+    }
+
+    pub(super) fn removals(&self) -> Vec<RemovalEntry> {
+        lock(&self.state).removals().to_vec()
     }
 
     pub(super) fn set_faults(&self, rules: Vec<FaultRule>) {
@@ -340,6 +344,7 @@ async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Respons
     match (req.method().clone(), name) {
         (Method::GET, "health") => ok(),
         (Method::GET, "ledger") => json(StatusCode::OK, &shared.ledger()),
+        (Method::GET, "removals") => json(StatusCode::OK, &shared.removals()),
         (Method::GET, "requests") => json(StatusCode::OK, &shared.request_counts()),
         (Method::POST, "faults") => {
             let rules = match read_json::<Vec<FaultRule>>(req).await {
@@ -400,7 +405,7 @@ async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Respons
         }
         (
             _,
-            "health" | "ledger" | "requests" | "faults" | "latency" | "hold" | "reset"
+            "health" | "ledger" | "removals" | "requests" | "faults" | "latency" | "hold" | "reset"
             | "foreign_approval",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -648,6 +653,10 @@ mod tests {
         assert_eq!(post(&http, format!("{base}{status_path}"), "").await.0, 200);
         assert_eq!(
             get(&http, format!("{base}/_sim/ledger")).await,
+            (200, "[]".to_owned())
+        );
+        assert_eq!(
+            get(&http, format!("{base}/_sim/removals")).await,
             (200, "[]".to_owned())
         );
         let counts = sim.request_counts();

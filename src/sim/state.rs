@@ -47,6 +47,16 @@ pub struct LedgerEntry {
     pub seeded: bool,
 }
 
+/// One billkey removal NICEPAY carried out (`F101`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemovalEntry {
+    pub mid: String,
+    pub bid: String,
+    /// The removal's TID.
+    pub tid: String,
+    pub removed_at: DateTime<Utc>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LedgerState {
@@ -246,6 +256,8 @@ pub struct SimState {
     by_tid: HashMap<String, usize>,
     /// (MID, Moid) of successful approvals.
     approved_moids: HashSet<(String, String)>,
+    /// Billkey removals carried out, in order.
+    removals: Vec<RemovalEntry>,
 }
 
 impl std::fmt::Debug for SimState {
@@ -282,12 +294,18 @@ impl SimState {
             ledger: Vec::new(),
             by_tid: HashMap::new(),
             approved_moids: HashSet::new(),
+            removals: Vec::new(),
         }
     }
 
     /// Every successful approval, in order, seeded ones included (marked `seeded`).
     pub fn ledger(&self) -> &[LedgerEntry] {
         &self.ledger
+    }
+
+    /// Every billkey removal carried out, in order.
+    pub fn removals(&self) -> &[RemovalEntry] {
+        &self.removals
     }
 
     /// Records an approval that some other transaction made with `tid` (a TID collision):
@@ -349,6 +367,7 @@ impl SimState {
         self.ledger.clear();
         self.by_tid.clear();
         self.approved_moids.clear();
+        self.removals.clear();
     }
 
     /// Answers one request body posted to `api`.
@@ -562,6 +581,12 @@ impl SimState {
         }
         let now = self.clock.now();
         let tid = self.mint_tid(mid, now);
+        self.removals.push(RemovalEntry {
+            mid: mid.as_str().to_owned(),
+            bid: bid.to_owned(),
+            tid: tid.clone(),
+            removed_at: now,
+        });
         Ok(vec![
             ("ResultCode", "F101".into()),
             ("ResultMsg", "빌키가 정상적으로 삭제되었습니다.".into()),
@@ -1220,6 +1245,16 @@ mod tests {
         assert_eq!(a.get("AuthDate"), Some("20261225"));
         let remove_tid = a.get("TID").unwrap().to_owned();
         assert!(tid::is_billing_tid(&remove_tid, MID));
+        let removals = fx.sim.removals();
+        assert_eq!(removals.len(), 1);
+        assert_eq!(
+            (
+                removals[0].bid.as_str(),
+                removals[0].tid.as_str(),
+                removals[0].mid.as_str()
+            ),
+            (bid.as_str(), remove_tid.as_str(), MID)
+        );
         check(
             &mut fx,
             "remove again",
@@ -1228,6 +1263,7 @@ mod tests {
             "A124",
             "삭제",
         );
+        assert_eq!(fx.sim.removals().len(), 1, "a refused removal is not one");
         let tid = fx.tid(MID);
         let fields = fx.approve_fields(&bid, &tid, "o", "100");
         check(
@@ -1880,7 +1916,7 @@ mod tests {
         let mut fx = fx();
         let (bid, tid) = fx.charged("100");
         fx.sim.reset();
-        assert!(fx.sim.ledger().is_empty());
+        assert!(fx.sim.ledger().is_empty() && fx.sim.removals().is_empty());
         assert_eq!(fx.status(&tid), "9");
         let fields = fx.approve_fields(&bid, &tid, "order-1", "100");
         check(&mut fx, "billkey gone", Api::Approve, &fields, "A126", "");

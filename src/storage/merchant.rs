@@ -7,6 +7,8 @@
 //! here, strictly: a value that does not parse makes that one row invalid, naming the column,
 //! and never fails a query that other rows share.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Nullable};
@@ -150,6 +152,44 @@ pub fn load_raw(c: &mut AnyConnection, ids: &[i64]) -> Result<Vec<RawRow>, Store
             AnyConnection::Postgres(c) => diesel::sql_query(sql).load(c)?,
         };
         out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// The `bid` column of the given subscriptions as it stands now, as bytes (NULL as `None`);
+/// ids with no row are left out.
+pub fn load_bids(
+    c: &mut AnyConnection,
+    ids: &[i64],
+) -> Result<HashMap<i64, Option<Vec<u8>>>, StoreError> {
+    #[derive(QueryableByName)]
+    struct Bid {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = Nullable<Binary>)]
+        bid: Option<Vec<u8>>,
+    }
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::MAX_IDS_PER_STATEMENT) {
+        if chunk.is_empty() {
+            continue;
+        }
+        // Ids are integers: they stand in the SQL text safely.
+        let list = chunk
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let column = match c {
+            AnyConnection::Sqlite(_) => "CAST(bid AS BLOB)",
+            AnyConnection::Postgres(_) => "textsend(bid::text)",
+        };
+        let sql = format!("SELECT id, {column} AS bid FROM subscriptions WHERE id IN ({list})");
+        let rows: Vec<Bid> = match c {
+            AnyConnection::Sqlite(c) => diesel::sql_query(sql).load(c)?,
+            AnyConnection::Postgres(c) => diesel::sql_query(sql).load(c)?,
+        };
+        out.extend(rows.into_iter().map(|r| (r.id, r.bid)));
     }
     Ok(out)
 }

@@ -8,13 +8,13 @@ use std::collections::HashSet;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
-use super::batch;
 use super::models::{ChargeRow, NewCharge};
 use super::schema::{billing_state, billkey_removals, charges};
 use super::{
     AnyConnection, Bookkeeping, Event, Outcome, Reschedule, StartAttempt, Store, StoreError,
     insert_events, naive, queue_removal,
 };
+use super::{batch, merchant};
 use crate::billing::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
 
 /// An attempt the database accepted: its index in the request, charge id and TID.
@@ -51,7 +51,8 @@ pub enum LateRecorded {
 
 impl Store {
     /// Commits attempts before they are sent, each only while this owner still holds its
-    /// subscription and it is still active. The database refuses an attempt whose cycle is
+    /// subscription, it is still active and the merchant's row still names the attempt's
+    /// billkey (one planned before a change of card is dropped and planned again). The database refuses an attempt whose cycle is
     /// approved or has an attempt in flight, and a second unresolved attempt of one
     /// subscription; a refused attempt is never sent (its claim is released, and bookkeeping
     /// that had fallen behind an approval moves on). A TID that collides with one already
@@ -83,6 +84,31 @@ impl Store {
                     AnyConnection::Sqlite(lite) => q().load(lite)?,
                 };
                 held.extend(rows);
+            }
+            // An attempt goes out with the billkey the merchant's row names now: a new card
+            // saved since the attempt was planned may already have had the old billkey removed
+            // (the change is noticed under the lock taken above, so it is either seen here or
+            // noticed only after this commit, when this attempt holds the old billkey). Such
+            // an attempt is dropped and its claim released; the next pass plans it again.
+            let bids = merchant::load_bids(c, &held.iter().copied().collect::<Vec<_>>())?;
+            let mut stale = Vec::new();
+            for a in &attempts {
+                let id = a.subscription_id.0;
+                if held.contains(&id)
+                    && bids.get(&id).and_then(|b| b.as_deref()) != Some(a.bid.as_bytes())
+                {
+                    tracing::info!(
+                        subscription = id,
+                        moid = %a.moid,
+                        "attempt not committed: the merchant changed the billkey since it was \
+                         planned; planned again next pass"
+                    );
+                    held.remove(&id);
+                    stale.push(a.subscription_id);
+                }
+            }
+            for id in stale {
+                release(c, id)?;
             }
             let mut pending: Vec<(usize, NewCharge)> = attempts
                 .iter()
