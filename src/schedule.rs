@@ -12,7 +12,43 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 /// A cycle number, 1-based: cycle 1 is due at the anchor (or the first cron time after it).
-pub type Cycle = u32;
+/// Stored in signed 32-bit columns (`charges.cycle`, `billing_state.next_cycle`), so never
+/// above [`MAX_CYCLE`] + 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Cycle(pub u32);
+
+impl Cycle {
+    /// The first cycle.
+    pub const FIRST: Cycle = Cycle(1);
+
+    /// The cycle after this one, unless that would pass [`MAX_CYCLE`].
+    pub fn next(self) -> Option<Cycle> {
+        self.0.checked_add(1).map(Cycle).filter(|c| *c <= MAX_CYCLE)
+    }
+
+    /// The number after this one, at most one past [`MAX_CYCLE`] (where every schedule has
+    /// ended): what `next_cycle` holds once this cycle is charged.
+    pub fn saturating_next(self) -> Cycle {
+        Cycle(self.0.saturating_add(1).min(MAX_CYCLE.0 + 1))
+    }
+
+    /// This cycle as its database column holds it (every cycle fits).
+    pub fn column(self) -> i32 {
+        i32::try_from(self.0).unwrap_or(i32::MAX)
+    }
+
+    /// A cycle from its database column; `None` for a value no cycle can have (below 1).
+    pub fn from_column(value: i32) -> Option<Cycle> {
+        u32::try_from(value).ok().filter(|v| *v >= 1).map(Cycle)
+    }
+}
+
+impl fmt::Display for Cycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,14 +130,15 @@ pub struct Schedule {
     /// chrono's calendar that its local time cannot be represented (no cycle is due then).
     anchor_local: Option<NaiveDateTime>,
     tz: Tz,
-    max_cycles: Option<Cycle>,
+    /// The number of cycles, when limited.
+    max_cycles: Option<u32>,
     ends_at: Option<DateTime<Utc>>,
 }
 
 /// The largest cycle number. `next_cycle` is stored in a signed 32-bit column and must hold one
 /// past the last cycle charged, so every schedule ends here at the latest: a cycle number that
 /// would go past it means "no further cycle", never a wrap or a panic.
-pub const MAX_CYCLE: Cycle = (i32::MAX - 1) as Cycle;
+pub const MAX_CYCLE: Cycle = Cycle((i32::MAX - 1) as u32);
 
 /// How many cron occurrences one call steps through at most. Cron times can only be found one
 /// after another (about 1 to 50 µs each), so a call that would need more returns an
@@ -131,7 +168,7 @@ impl Skipped {
     fn through(first: (Cycle, DateTime<Utc>), last: Option<(Cycle, DateTime<Utc>)>) -> Self {
         match last {
             Some(last) if last.0 >= first.0 => Skipped {
-                count: u64::from(last.0 - first.0) + 1,
+                count: u64::from(last.0.0 - first.0.0) + 1,
                 first: Some(first),
                 last: Some(last),
             },
@@ -279,7 +316,7 @@ impl Schedule {
     ) -> Result<Self, ScheduleError> {
         self.max_cycles = match max_cycles {
             None => None,
-            Some(m) if m >= 1 => Some(Cycle::try_from(m).unwrap_or(Cycle::MAX)),
+            Some(m) if m >= 1 => Some(u32::try_from(m).unwrap_or(u32::MAX)),
             Some(m) => {
                 return Err(ScheduleError::new(
                     "max_cycles",
@@ -338,7 +375,7 @@ impl Schedule {
         cycle: Cycle,
     ) -> Option<NaiveDateTime> {
         let local = self.anchor_local?;
-        let steps = u64::from(cycle.checked_sub(1)?).checked_mul(u64::from(count))?;
+        let steps = u64::from(cycle.0.checked_sub(1)?).checked_mul(u64::from(count))?;
         match unit {
             IntervalUnit::Day => local.checked_add_days(Days::new(steps)),
             IntervalUnit::Week => local.checked_add_days(Days::new(steps.checked_mul(7)?)),
@@ -354,7 +391,7 @@ impl Schedule {
     /// The due time of `cycle` ignoring end conditions (other than [`MAX_CYCLE`]). For cron
     /// schedules this steps from cycle 1, so it costs `cycle` steps.
     fn raw_due(&self, cycle: Cycle) -> Option<DateTime<Utc>> {
-        if cycle == 0 || cycle > MAX_CYCLE {
+        if cycle.0 == 0 || cycle > MAX_CYCLE {
             return None;
         }
         match &self.rule {
@@ -363,7 +400,7 @@ impl Schedule {
             }
             Rule::Cron(cron) => {
                 let mut t = self.first_cron_time()?;
-                for _ in 1..cycle {
+                for _ in 1..cycle.0 {
                     t = self.cron_after(cron, t)?;
                 }
                 Some(t)
@@ -372,8 +409,8 @@ impl Schedule {
     }
 
     fn within_end(&self, cycle: Cycle, due: DateTime<Utc>) -> bool {
-        (1..=MAX_CYCLE).contains(&cycle)
-            && self.max_cycles.is_none_or(|m| cycle <= m)
+        (Cycle::FIRST..=MAX_CYCLE).contains(&cycle)
+            && self.max_cycles.is_none_or(|m| cycle.0 <= m)
             && self.ends_at.is_none_or(|e| due <= e)
     }
 
@@ -385,7 +422,7 @@ impl Schedule {
 
     /// The cycle after `cycle` (due at `due`), or `None` when the subscription ends first.
     pub fn next(&self, cycle: Cycle, due: DateTime<Utc>) -> Option<(Cycle, DateTime<Utc>)> {
-        let next_cycle = cycle.checked_add(1)?;
+        let next_cycle = cycle.next()?;
         let next_due = match &self.rule {
             Rule::Every { .. } => self.raw_due(next_cycle)?,
             Rule::Cron(cron) => self.cron_after(cron, due)?,
@@ -532,8 +569,8 @@ impl Schedule {
         t: DateTime<Utc>,
     ) -> Reach {
         let limit = self.ends_at.map_or(t, |e| e.min(t));
-        let top = u64::from(self.max_cycles.unwrap_or(MAX_CYCLE).min(MAX_CYCLE));
-        let floor = u64::from(from.0);
+        let top = u64::from(self.max_cycles.unwrap_or(MAX_CYCLE.0).min(MAX_CYCLE.0));
+        let floor = u64::from(from.0.0);
         let stay = Reach::Done {
             at: from,
             before: None,
@@ -541,7 +578,7 @@ impl Schedule {
         if floor >= top {
             return stay;
         }
-        let due = |k: u64| Cycle::try_from(k).ok().and_then(|k| self.raw_due(k));
+        let due = |k: u64| u32::try_from(k).ok().and_then(|k| self.raw_due(Cycle(k)));
         let by_limit = |k: u64| due(k).is_some_and(|d| d <= limit);
         // `lo` is due by the limit (the floor is taken as given), `hi` is not (top + 1 is past
         // the end).
@@ -578,16 +615,17 @@ impl Schedule {
                 hi = mid;
             }
         }
-        let (Ok(last), Some(last_due)) = (Cycle::try_from(lo), due(lo)) else {
+        let (Ok(last), Some(last_due)) = (u32::try_from(lo).map(Cycle), due(lo)) else {
             return stay;
         };
         if last <= from.0 {
             return stay;
         }
-        let before = if last - 1 == from.0 {
+        let previous = Cycle(last.0 - 1);
+        let before = if previous == from.0 {
             Some(from)
         } else {
-            self.raw_due(last - 1).map(|d| (last - 1, d))
+            self.raw_due(previous).map(|d| (previous, d))
         };
         Reach::Done {
             at: (last, last_due),
@@ -623,9 +661,11 @@ impl Schedule {
     /// The first `count` cycles and their due times, for previews. Allocates only for the
     /// cycles that exist.
     pub fn preview(&self, count: usize) -> Vec<(Cycle, DateTime<Utc>)> {
-        std::iter::successors(self.due_at(1).map(|d| (1, d)), |c| self.next(c.0, c.1))
-            .take(count)
-            .collect()
+        std::iter::successors(self.due_at(Cycle::FIRST).map(|d| (Cycle::FIRST, d)), |c| {
+            self.next(c.0, c.1)
+        })
+        .take(count)
+        .collect()
     }
 }
 
@@ -744,7 +784,7 @@ mod tests {
             chrono_tz::Asia::Seoul,
         )
         .unwrap();
-        assert_eq!(s.due_at(2), Some(utc("2026-02-28 20:00:00")));
+        assert_eq!(s.due_at(Cycle(2)), Some(utc("2026-02-28 20:00:00")));
         // The same instant in UTC is the 31st, so the next cycle clamps to Feb 28.
         let s = Schedule::every(
             IntervalUnit::Month,
@@ -753,15 +793,15 @@ mod tests {
             chrono_tz::UTC,
         )
         .unwrap();
-        assert_eq!(s.due_at(2), Some(utc("2026-02-28 20:00:00")));
-        assert_eq!(s.due_at(3), Some(utc("2026-03-31 20:00:00")));
+        assert_eq!(s.due_at(Cycle(2)), Some(utc("2026-02-28 20:00:00")));
+        assert_eq!(s.due_at(Cycle(3)), Some(utc("2026-03-31 20:00:00")));
         // Across a DST change the local wall time is kept.
         let ny = chrono_tz::America::New_York;
         let s = Schedule::every(IntervalUnit::Week, 1, utc("2026-03-02 14:00:00"), ny).unwrap();
-        assert_eq!(s.due_at(2), Some(utc("2026-03-09 13:00:00")));
+        assert_eq!(s.due_at(Cycle(2)), Some(utc("2026-03-09 13:00:00")));
         // A wall time that does not exist (spring forward) moves past the gap.
         let s = Schedule::every(IntervalUnit::Day, 1, utc("2026-03-07 07:30:00"), ny).unwrap();
-        assert_eq!(s.due_at(2), Some(utc("2026-03-08 07:30:00")));
+        assert_eq!(s.due_at(Cycle(2)), Some(utc("2026-03-08 07:30:00")));
     }
 
     #[test]
@@ -782,7 +822,7 @@ mod tests {
                 seoul("2026-04-01 09:00")
             ]
         );
-        assert_eq!(s.due_at(3), Some(seoul("2026-04-01 09:00")));
+        assert_eq!(s.due_at(Cycle(3)), Some(seoul("2026-04-01 09:00")));
         // Six fields: seconds first. An anchor exactly on an occurrence counts.
         let s = Schedule::cron(
             "0 0 9 * * MON",
@@ -790,8 +830,8 @@ mod tests {
             chrono_tz::Asia::Seoul,
         )
         .unwrap();
-        assert_eq!(s.due_at(1), Some(seoul("2026-11-30 09:00")));
-        assert_eq!(s.due_at(2), Some(seoul("2026-12-07 09:00")));
+        assert_eq!(s.due_at(Cycle(1)), Some(seoul("2026-11-30 09:00")));
+        assert_eq!(s.due_at(Cycle(2)), Some(seoul("2026-12-07 09:00")));
         for bad in ["", "* *", "61 * * * *", "0 9 31 2 *", "every day"] {
             let err =
                 Schedule::cron(bad, seoul("2026-01-01 00:00"), chrono_tz::Asia::Seoul).unwrap_err();
@@ -811,7 +851,7 @@ mod tests {
         .with_end(Some(3), None)
         .unwrap();
         assert_eq!(s.preview(10).len(), 3);
-        assert_eq!(s.next(3, seoul("2026-03-10 09:00")), None);
+        assert_eq!(s.next(Cycle(3), seoul("2026-03-10 09:00")), None);
         let s = Schedule::every(
             IntervalUnit::Month,
             1,
@@ -865,56 +905,63 @@ mod tests {
         )
         .unwrap();
         let now = seoul("2026-05-01 00:00");
-        let DueNow::Charge(due) = s.due_now(1, seoul("2026-01-31 09:00"), now, CatchUp::Latest)
+        let DueNow::Charge(due) =
+            s.due_now(Cycle(1), seoul("2026-01-31 09:00"), now, CatchUp::Latest)
         else {
             panic!("nothing due")
         };
-        assert_eq!((due.cycle, due.due_at), (4, seoul("2026-04-30 09:00")));
+        assert_eq!(
+            (due.cycle, due.due_at),
+            (Cycle(4), seoul("2026-04-30 09:00"))
+        );
         assert_eq!(
             due.skipped,
             Skipped {
                 count: 3,
-                first: Some((1, seoul("2026-01-31 09:00"))),
-                last: Some((3, seoul("2026-03-31 09:00"))),
+                first: Some((Cycle(1), seoul("2026-01-31 09:00"))),
+                last: Some((Cycle(3), seoul("2026-03-31 09:00"))),
             }
         );
-        let DueNow::Charge(due) = s.due_now(1, seoul("2026-01-31 09:00"), now, CatchUp::All) else {
+        let DueNow::Charge(due) = s.due_now(Cycle(1), seoul("2026-01-31 09:00"), now, CatchUp::All)
+        else {
             panic!("nothing due")
         };
-        assert_eq!((due.cycle, due.skipped.count), (1, 0));
+        assert_eq!((due.cycle, due.skipped.count), (Cycle(1), 0));
         assert!(due.skipped.is_empty());
         assert_eq!(
-            s.due_now(5, seoul("2026-05-31 09:00"), now, CatchUp::Latest),
+            s.due_now(Cycle(5), seoul("2026-05-31 09:00"), now, CatchUp::Latest),
             DueNow::NotYet
         );
         // Ends cut catch-up short too.
         let ended = s.clone().with_end(Some(2), None).unwrap();
-        let DueNow::Charge(due) = ended.due_now(1, seoul("2026-01-31 09:00"), now, CatchUp::Latest)
+        let DueNow::Charge(due) =
+            ended.due_now(Cycle(1), seoul("2026-01-31 09:00"), now, CatchUp::Latest)
         else {
             panic!("nothing due")
         };
-        assert_eq!((due.cycle, due.skipped.count), (2, 1));
+        assert_eq!((due.cycle, due.skipped.count), (Cycle(2), 1));
         let ended = s
             .clone()
             .with_end(None, Some(seoul("2026-03-31 08:59")))
             .unwrap();
-        let DueNow::Charge(due) = ended.due_now(1, seoul("2026-01-31 09:00"), now, CatchUp::Latest)
+        let DueNow::Charge(due) =
+            ended.due_now(Cycle(1), seoul("2026-01-31 09:00"), now, CatchUp::Latest)
         else {
             panic!("nothing due")
         };
-        assert_eq!((due.cycle, due.skipped.count), (2, 1));
+        assert_eq!((due.cycle, due.skipped.count), (Cycle(2), 1));
     }
 
     #[test]
     fn skipped_ranges_read_well() {
         let one = Skipped::through(
-            (7, utc("2026-01-01 00:00:00")),
-            Some((7, utc("2026-01-01 00:00:00"))),
+            (Cycle(7), utc("2026-01-01 00:00:00")),
+            Some((Cycle(7), utc("2026-01-01 00:00:00"))),
         );
         assert_eq!(one.to_string(), "cycle 7 due 2026-01-01 00:00:00 UTC");
         let many = Skipped::through(
-            (2, utc("2026-01-02 00:00:00")),
-            Some((9_999, utc("2053-05-18 00:00:00"))),
+            (Cycle(2), utc("2026-01-02 00:00:00")),
+            Some((Cycle(9_999), utc("2053-05-18 00:00:00"))),
         );
         assert_eq!(
             many.to_string(),
@@ -923,8 +970,8 @@ mod tests {
         assert_eq!((many.count, many.len()), (9_998, 9_998));
         assert!(
             Skipped::through(
-                (5, utc("2026-01-02 00:00:00")),
-                Some((4, utc("2026-01-01 00:00:00")))
+                (Cycle(5), utc("2026-01-02 00:00:00")),
+                Some((Cycle(4), utc("2026-01-01 00:00:00")))
             )
             .is_empty()
         );
@@ -988,32 +1035,32 @@ mod tests {
     fn catch_up_after_50_000_missed_days() {
         let (s, anchor) = daily_from_2026();
         let now = anchor + chrono::Duration::days(50_000) + chrono::Duration::hours(1);
-        let DueNow::Charge(due) = s.due_now(1, anchor, now, CatchUp::Latest) else {
+        let DueNow::Charge(due) = s.due_now(Cycle(1), anchor, now, CatchUp::Latest) else {
             panic!("nothing due")
         };
         assert_eq!(
             (due.cycle, due.due_at),
-            (50_001, anchor + chrono::Duration::days(50_000))
+            (Cycle(50_001), anchor + chrono::Duration::days(50_000))
         );
         assert_eq!(
             due.skipped,
             Skipped {
                 count: 50_000,
-                first: Some((1, anchor)),
-                last: Some((50_000, anchor + chrono::Duration::days(49_999))),
+                first: Some((Cycle(1), anchor)),
+                last: Some((Cycle(50_000), anchor + chrono::Duration::days(49_999))),
             }
         );
         assert_eq!(
-            slow_latest(&s, (1, anchor), now),
+            slow_latest(&s, (Cycle(1), anchor), now),
             (due.cycle, due.due_at, due.skipped)
         );
         // From the middle, and a second before the next cycle.
-        let from = (40_000, s.due_at(40_000).unwrap());
+        let from = (Cycle(40_000), s.due_at(Cycle(40_000)).unwrap());
         let just_before = anchor + chrono::Duration::days(50_000) - chrono::Duration::seconds(1);
         let DueNow::Charge(due) = s.due_now(from.0, from.1, just_before, CatchUp::Latest) else {
             panic!("nothing due")
         };
-        assert_eq!((due.cycle, due.skipped.count), (50_000, 10_000));
+        assert_eq!((due.cycle, due.skipped.count), (Cycle(50_000), 10_000));
     }
 
     #[test]
@@ -1021,22 +1068,22 @@ mod tests {
         let (s, anchor) = daily_from_2026();
         let now = anchor + chrono::Duration::days(1_000_000);
         let started = std::time::Instant::now();
-        let DueNow::Charge(due) = s.due_now(1, anchor, now, CatchUp::Latest) else {
+        let DueNow::Charge(due) = s.due_now(Cycle(1), anchor, now, CatchUp::Latest) else {
             panic!("nothing due")
         };
-        assert_eq!((due.cycle, due.due_at), (1_000_001, now));
+        assert_eq!((due.cycle, due.due_at), (Cycle(1_000_001), now));
         assert_eq!(due.skipped.count, 1_000_000);
         assert_eq!(
             due.skipped.last,
-            Some((1_000_000, anchor + chrono::Duration::days(999_999)))
+            Some((Cycle(1_000_000), anchor + chrono::Duration::days(999_999)))
         );
         // A pause over the same years: one summary, the first cycle after now next.
-        let FirstAfter::Next(next) = s.first_after(1, anchor, now) else {
+        let FirstAfter::Next(next) = s.first_after(Cycle(1), anchor, now) else {
             panic!("ended")
         };
         assert_eq!(
             (next.cycle, next.due_at, next.skipped.count),
-            (1_000_002, now + chrono::Duration::days(1), 1_000_001)
+            (Cycle(1_000_002), now + chrono::Duration::days(1), 1_000_001)
         );
         assert!(
             started.elapsed() < std::time::Duration::from_secs(1),
@@ -1046,11 +1093,11 @@ mod tests {
         // Ended meanwhile: every remaining cycle skipped, nothing next.
         let ended = s.clone().with_end(Some(700_000), None).unwrap();
         assert_eq!(
-            ended.first_after(1, anchor, now),
+            ended.first_after(Cycle(1), anchor, now),
             FirstAfter::Ended(Skipped {
                 count: 700_000,
-                first: Some((1, anchor)),
-                last: Some((700_000, anchor + chrono::Duration::days(699_999))),
+                first: Some((Cycle(1), anchor)),
+                last: Some((Cycle(700_000), anchor + chrono::Duration::days(699_999))),
             })
         );
     }
@@ -1060,10 +1107,10 @@ mod tests {
         let anchor = seoul("2026-01-01 00:00");
         let s = Schedule::cron("0 * * * *", anchor, chrono_tz::Asia::Seoul).unwrap();
         let now = anchor + chrono::Duration::hours(1000) + chrono::Duration::minutes(30);
-        let (want_cycle, want_due, want_skipped) = slow_latest(&s, (1, anchor), now);
-        assert_eq!((want_cycle, want_skipped.count), (1001, 1000));
+        let (want_cycle, want_due, want_skipped) = slow_latest(&s, (Cycle(1), anchor), now);
+        assert_eq!((want_cycle, want_skipped.count), (Cycle(1001), 1000));
         for budget in [1, 7, 64, 999, 1000, 5000] {
-            let mut at = (1, anchor);
+            let mut at = (Cycle(1), anchor);
             let mut skipped: Vec<Skipped> = Vec::new();
             let mut calls = 0;
             let due = loop {
@@ -1099,11 +1146,11 @@ mod tests {
             skipped.retain(|k| !k.is_empty());
             for pair in skipped.windows(2) {
                 if let (Some(a), Some(b)) = (pair[0].last, pair[1].first) {
-                    assert_eq!(a.0 + 1, b.0);
+                    assert_eq!(a.0.next(), Some(b.0));
                 }
             }
             // The pause rule continues the same way.
-            let mut at = (1, anchor);
+            let mut at = (Cycle(1), anchor);
             let mut passed = 0;
             let next = loop {
                 match s.first_after_within(at.0, at.1, now, budget) {
@@ -1117,7 +1164,7 @@ mod tests {
             };
             assert_eq!(
                 (next.cycle, next.due_at, passed + next.skipped.count),
-                (1002, want_due + chrono::Duration::hours(1), 1001)
+                (Cycle(1002), want_due + chrono::Duration::hours(1), 1001)
             );
         }
     }
@@ -1162,7 +1209,7 @@ mod tests {
                     schedules.push(cron);
                 }
                 for s in schedules {
-                    for m in [None, Some(1), Some(i64::from(MAX_CYCLE)), Some(i64::MAX)] {
+                    for m in [None, Some(1), Some(i64::from(MAX_CYCLE.0)), Some(i64::MAX)] {
                         let s = s.clone().with_end(m, None).unwrap();
                         exercise(&s, anchor);
                     }
@@ -1184,13 +1231,14 @@ mod tests {
 
     fn exercise(s: &Schedule, anchor: DateTime<Utc>) {
         let ends = [DateTime::<Utc>::MIN_UTC, anchor, DateTime::<Utc>::MAX_UTC];
-        for cycle in [0, 1, 2, MAX_CYCLE - 1, MAX_CYCLE, MAX_CYCLE + 1, Cycle::MAX] {
-            if matches!(s.rule, Rule::Cron(_)) && cycle > 2 {
+        let max = MAX_CYCLE.0;
+        for cycle in [0, 1, 2, max - 1, max, max + 1, u32::MAX].map(Cycle) {
+            if matches!(s.rule, Rule::Cron(_)) && cycle > Cycle(2) {
                 continue; // due_at steps from cycle 1
             }
             let _ = s.due_at(cycle);
         }
-        for cycle in [1, MAX_CYCLE - 1, MAX_CYCLE, Cycle::MAX] {
+        for cycle in [1, max - 1, max, u32::MAX].map(Cycle) {
             for due in ends {
                 let _ = s.next(cycle, due);
                 for now in ends {
@@ -1201,10 +1249,14 @@ mod tests {
                 }
             }
         }
-        if let Some(first) = s.due_at(1) {
-            let DueNow::Charge(due) =
-                s.due_now_within(1, first, DateTime::<Utc>::MAX_UTC, CatchUp::Latest, 10)
-            else {
+        if let Some(first) = s.due_at(Cycle(1)) {
+            let DueNow::Charge(due) = s.due_now_within(
+                Cycle(1),
+                first,
+                DateTime::<Utc>::MAX_UTC,
+                CatchUp::Latest,
+                10,
+            ) else {
                 if matches!(s.rule, Rule::Cron(_)) {
                     return;
                 }
@@ -1225,8 +1277,8 @@ mod tests {
         let Some(due) = s.due_at(MAX_CYCLE) else {
             // Cycle MAX_CYCLE of a daily schedule is beyond chrono's calendar.
             assert_eq!(s.next(MAX_CYCLE, anchor), None);
-            assert_eq!(s.next(Cycle::MAX, anchor), None);
-            assert_eq!(s.due_at(MAX_CYCLE + 1), None);
+            assert_eq!(s.next(Cycle(u32::MAX), anchor), None);
+            assert_eq!(s.due_at(MAX_CYCLE.saturating_next()), None);
             return;
         };
         assert_eq!(s.next(MAX_CYCLE, due), None);
@@ -1300,16 +1352,17 @@ mod tests {
             };
             let base = Schedule::every(unit, count, anchor.with_timezone(&Utc), tz).unwrap();
             let ends_at = ends_ahead.and_then(|(ahead, secs)| {
-                base.raw_due(start + ahead).map(|t| t + chrono::Duration::seconds(secs))
+                base.raw_due(Cycle(start + ahead)).map(|t| t + chrono::Duration::seconds(secs))
             });
             let s = base.clone().with_end(max_cycles, ends_at).unwrap();
-            let Some(due) = s.due_at(start) else {
+            let Some(due) = s.due_at(Cycle(start)) else {
                 return Ok(());
             };
-            let Some(now) = base.raw_due(start + cycles_ahead) else {
+            let Some(now) = base.raw_due(Cycle(start + cycles_ahead)) else {
                 return Ok(());
             };
             let now = now + chrono::Duration::seconds(jitter);
+            let start = Cycle(start);
             let from = (start, due);
             match s.due_now(start, due, now, CatchUp::Latest) {
                 DueNow::NotYet => prop_assert!(due > now),

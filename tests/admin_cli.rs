@@ -13,6 +13,7 @@ use chrono::Utc;
 use nicebill::billing::model::{
     ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus,
 };
+use nicebill::schedule::Cycle;
 use nicebill::storage::models::NewSubscription;
 use nicebill::storage::{
     Bookkeeping, ChargeResult, Event, Outcome, Reschedule, StartAttempt, Store,
@@ -345,7 +346,7 @@ async fn seed(store: &Store) -> (i64, i64) {
         .into_iter()
         .map(|(id, amount)| StartAttempt {
             subscription_id: SubscriptionId(id),
-            cycle: 1,
+            cycle: Cycle(1),
             attempt: 1,
             moid: format!("S{id}-C1-A1"),
             amount,
@@ -373,7 +374,7 @@ async fn seed(store: &Store) -> (i64, i64) {
     let outcome = |charge_id: ChargeId, id: i64, approved: bool| Outcome {
         charge_id,
         subscription_id: SubscriptionId(id),
-        cycle: 1,
+        cycle: Cycle(1),
         result: if approved {
             ChargeResult {
                 result_code: Some("3001".into()),
@@ -390,7 +391,7 @@ async fn seed(store: &Store) -> (i64, i64) {
         },
         bookkeeping: Some(if approved {
             Bookkeeping {
-                next_cycle: 2,
+                next_cycle: Cycle(2),
                 next_charge_at: Some(kst("2027-02-28 09:00")),
                 cycle_attempts: 0,
                 cycle_declines: 0,
@@ -398,7 +399,7 @@ async fn seed(store: &Store) -> (i64, i64) {
             }
         } else {
             Bookkeeping {
-                next_cycle: 1,
+                next_cycle: Cycle(1),
                 next_charge_at: Some(kst("2027-02-01 09:00")),
                 cycle_attempts: 1,
                 cycle_declines: 1,
@@ -657,7 +658,7 @@ async fn pause_resume_cancel_write_only_the_status() {
         let verdict = |id: i64, status: SubscriptionStatus, next_cycle: u32| Reschedule {
             subscription_id: SubscriptionId(id),
             bookkeeping: Bookkeeping {
-                next_cycle,
+                next_cycle: Cycle(next_cycle),
                 next_charge_at: None,
                 cycle_attempts: 0,
                 cycle_declines: 0,

@@ -42,6 +42,7 @@ use nicebill::billing::plan::Policy;
 use nicebill::clock::{ManualClock, SharedClock};
 use nicebill::domain::Bid;
 use nicebill::gateway::nicepay::{Charset, EdiType, NicepayClient};
+use nicebill::schedule::Cycle;
 use nicebill::sim::{LedgerEntry, SimConfig, SimHandle};
 use nicebill::storage::{AnyConnection, DbUrl, Store, StoreError};
 use support::*;
@@ -775,7 +776,7 @@ async fn offsets_are_converted_never_shifted() {
                 .unwrap();
             assert_eq!(
                 (state.status, state.next_cycle, state.next_charge_at),
-                (SubscriptionStatus::Active, Some(1), Some(due)),
+                (SubscriptionStatus::Active, Some(Cycle(1)), Some(due)),
                 "{}: anchor_at {anchor}",
                 w.label
             );

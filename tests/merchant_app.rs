@@ -24,6 +24,7 @@ use nicebill::clock::{Clock, ManualClock, SharedClock};
 use nicebill::domain::Mid;
 use nicebill::gateway::nicepay::{Api, Charset, EdiType, NicepayClient, tid};
 use nicebill::retry::RetryPolicy;
+use nicebill::schedule::Cycle;
 use nicebill::sim::{FaultMode, FaultRule, LedgerEntry, SimConfig, SimHandle};
 use nicebill::storage::models::{BillingStateRow, NewSubscription, RemovalRow};
 use nicebill::storage::schema::{billing_state, subscription_changes};
@@ -384,7 +385,7 @@ async fn stale_save_story(db: TestDb) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(state.next_cycle, Some(2), "{label}");
+    assert_eq!(state.next_cycle, Some(Cycle(2)), "{label}");
     assert_eq!(status_of(store, p).await.0, "past_due", "{label}");
 
     // The stale save: every column as read before the charge, and a new e-mail address.
@@ -420,7 +421,7 @@ async fn stale_save_story(db: TestDb) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(state.next_cycle, Some(2), "{label}");
+    assert_eq!(state.next_cycle, Some(Cycle(2)), "{label}");
 
     // The database's own guarantee: a second live attempt of an approved cycle is refused,
     // whatever nicebill's bookkeeping says.
@@ -470,7 +471,7 @@ async fn stale_save_story(db: TestDb) {
                 .unwrap();
             assert_eq!(
                 (state.next_cycle, state.cycle_attempts),
-                (Some(next), 0),
+                (Some(Cycle(next)), 0),
                 "{what}: the refused attempt did not move the bookkeeping past the approved cycle"
             );
         }
@@ -1620,7 +1621,7 @@ async fn upgrade_story(db: OldDb) {
             .unwrap();
         assert_eq!(
             (s.status.as_str(), s.next_cycle),
-            (status, Some(next_cycle)),
+            (status, Some(Cycle(next_cycle))),
             "{label}: {id}"
         );
     }

@@ -32,6 +32,7 @@ use nicebill::clock::{Clock, ManualClock, SharedClock};
 use nicebill::domain::{Krw, Moid, Tid};
 use nicebill::gateway::nicepay::{Api, CancelRequest, Charset, EdiType, NicepayClient};
 use nicebill::retry::RetryPolicy;
+use nicebill::schedule::Cycle;
 use nicebill::sim::{FaultMode, FaultRule, LedgerState, SimConfig, SimHandle};
 use nicebill::storage::models::{ChargeRow, NewCharge};
 use nicebill::storage::schema::{billing_state, charges, subscriptions};
@@ -435,7 +436,7 @@ async fn a_claim_on_a_stale_view_cannot_commit_a_second_attempt() {
             w.label
         );
         assert_eq!(w.approved(id), vec![format!("S{id}-C1-A1")], "{}", w.label);
-        assert_eq!(w.state(id).await.next_cycle, Some(2), "{}", w.label);
+        assert_eq!(w.state(id).await.next_cycle, Some(Cycle(2)), "{}", w.label);
         w.sim.shutdown().await;
     }
 }
@@ -463,7 +464,7 @@ async fn the_database_refuses_a_second_live_attempt() {
         let bid_text = w.store.subscription(id).await.unwrap().unwrap().bid;
         let attempt = |cycle: u32, attempt: u32| StartAttempt {
             subscription_id: SubscriptionId(id),
-            cycle,
+            cycle: Cycle(cycle),
             attempt,
             moid: format!("S{id}-C{cycle}-A{attempt}"),
             amount: 5_000,
@@ -626,7 +627,7 @@ async fn a_duplicate_tid_of_a_foreign_transaction_is_not_our_charge() {
             w.label
         );
         assert!(w.approved(id).is_empty(), "{}", w.label);
-        assert_eq!(w.state(id).await.next_cycle, Some(1), "{}", w.label);
+        assert_eq!(w.state(id).await.next_cycle, Some(Cycle(1)), "{}", w.label);
 
         // The cycle is still due: the next attempt (after resend_after) gets a new TID.
         w.advance(61);
@@ -644,7 +645,7 @@ async fn a_duplicate_tid_of_a_foreign_transaction_is_not_our_charge() {
         );
         let charges = w.charges(id).await;
         assert_ne!(charges[1].tid, collides.as_str(), "{}", w.label);
-        assert_eq!(w.state(id).await.next_cycle, Some(2), "{}", w.label);
+        assert_eq!(w.state(id).await.next_cycle, Some(Cycle(2)), "{}", w.label);
         w.sim.shutdown().await;
     }
 }
@@ -695,7 +696,7 @@ async fn a_duplicate_tid_of_our_own_transaction_is_our_charge() {
             w.label
         );
         assert_eq!(w.sent(id), vec![moid], "{}: charged once", w.label);
-        assert_eq!(w.state(id).await.next_cycle, Some(2), "{}", w.label);
+        assert_eq!(w.state(id).await.next_cycle, Some(Cycle(2)), "{}", w.label);
         // Nothing more is due this month.
         w.advance(3600);
         engine.pass().await.unwrap();
@@ -757,7 +758,7 @@ async fn a_cancelled_lookup_is_not_an_approval() {
         let state = w.state(id).await;
         assert_eq!(
             (state.next_cycle, state.status),
-            (Some(1), SubscriptionStatus::Active),
+            (Some(Cycle(1)), SubscriptionStatus::Active),
             "{}: the cycle stays due",
             w.label
         );
@@ -775,7 +776,7 @@ async fn a_cancelled_lookup_is_not_an_approval() {
             w.label
         );
         assert_eq!(w.approved(id), vec![format!("S{id}-C1-A2")], "{}", w.label);
-        assert_eq!(w.state(id).await.next_cycle, Some(2), "{}", w.label);
+        assert_eq!(w.state(id).await.next_cycle, Some(Cycle(2)), "{}", w.label);
         w.sim.shutdown().await;
     }
 }
@@ -789,7 +790,7 @@ async fn pause_is_kept_and_honoured(w: &World, engine: &Engine, id: i64) {
     let state = w.state(id).await;
     assert_eq!(
         (state.status, state.next_cycle),
-        (SubscriptionStatus::Paused, Some(2)),
+        (SubscriptionStatus::Paused, Some(Cycle(2))),
         "{}: the outcome was recorded and the pause kept: {state:?}",
         w.label
     );
@@ -829,7 +830,7 @@ async fn pause_is_kept_and_honoured(w: &World, engine: &Engine, id: i64) {
     let state = w.state(id).await;
     assert_eq!(
         (state.status, state.next_cycle, state.paused_since),
-        (SubscriptionStatus::Active, Some(4), None),
+        (SubscriptionStatus::Active, Some(Cycle(4)), None),
         "{}: {state:?}",
         w.label
     );
@@ -979,7 +980,7 @@ async fn an_unresolved_attempt_of_a_row_gone_bad_is_still_resolved() {
             let state = w.state(id).await;
             assert_eq!(
                 (state.next_cycle, state.status),
-                (Some(2), SubscriptionStatus::Invalid),
+                (Some(Cycle(2)), SubscriptionStatus::Invalid),
                 "{}: {column}: {state:?}",
                 w.label
             );
@@ -1005,7 +1006,7 @@ async fn an_unresolved_attempt_of_a_row_gone_bad_is_still_resolved() {
         let state = w.state(amount).await;
         assert_eq!(
             (state.status, state.next_cycle),
-            (SubscriptionStatus::Active, Some(2)),
+            (SubscriptionStatus::Active, Some(Cycle(2))),
             "{}: {state:?}",
             w.label
         );

@@ -27,7 +27,7 @@ use crate::gateway::nicepay::{
     Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState, TxStatus,
 };
 use crate::retry::{Attempt, RetryPolicy, retry};
-use crate::schedule::Skipped;
+use crate::schedule::{Cycle, Skipped};
 use crate::storage::models::ChargeRow;
 use crate::storage::recording::LateRecorded;
 use crate::storage::{
@@ -219,7 +219,7 @@ pub struct Engine {
 struct InFlight {
     valid: Arc<Valid>,
     charge_id: ChargeId,
-    cycle: u32,
+    cycle: Cycle,
     due_at: DateTime<Utc>,
     attempt: u32,
     prior_declines: u32,
@@ -474,8 +474,8 @@ impl Engine {
                     None,
                 ),
             };
-            let current_cycle = state.next_cycle.unwrap_or(1);
-            let keep = |cycle: u32, at: Option<DateTime<Utc>>| Bookkeeping {
+            let current_cycle = state.next_cycle.unwrap_or(Cycle::FIRST);
+            let keep = |cycle: Cycle, at: Option<DateTime<Utc>>| Bookkeeping {
                 next_cycle: cycle,
                 next_charge_at: at,
                 cycle_attempts: state.cycle_attempts,
@@ -718,7 +718,7 @@ impl Engine {
         tracing::info!(
             subscription = a.valid.id.0,
             external_id = %a.valid.external_id,
-            cycle = a.cycle,
+            cycle = a.cycle.0,
             attempt = a.attempt,
             moid = %a.moid,
             tid = %a.tid,
@@ -834,7 +834,7 @@ impl Engine {
             tracing::error!(subscription = id.0, tid = %f.tid, code = ?result.result_code, error = ?result.error, "NICEPAY refused the request as malformed; check configuration");
         }
         if result.state == ChargeState::Cancelled {
-            tracing::warn!(subscription = id.0, tid = %f.tid, cycle = f.cycle, "status lookup: approved, then cancelled; the cycle stays due");
+            tracing::warn!(subscription = id.0, tid = %f.tid, cycle = f.cycle.0, "status lookup: approved, then cancelled; the cycle stays due");
         }
         let remove_billkey = match &adv.status {
             Some((status, reason)) => {
@@ -1055,7 +1055,7 @@ impl Engine {
             .next()
             .and_then(|c| c.row.ok())
             .and_then(|row| plan::validate(&row, &s.policy).ok());
-        let cycle = u32::try_from(charge.cycle).unwrap_or(1).max(1);
+        let cycle = Cycle::from_column(charge.cycle).unwrap_or(Cycle::FIRST);
         let due_at = valid
             .as_ref()
             .and_then(|v| v.schedule.due_at(cycle))
@@ -1404,7 +1404,7 @@ pub enum ChargeNow {
     /// Nothing was due (or the row was invalid, ended, …): the report says which.
     Nothing(PassReport),
     Attempted {
-        cycle: u32,
+        cycle: Cycle,
         tid: Tid,
         moid: Moid,
         state: ChargeState,
@@ -1429,7 +1429,7 @@ struct ChargeFacts {
     /// The merchant's row as it validates now; `None` when it no longer does.
     valid: Option<Arc<Valid>>,
     bid: Option<String>,
-    cycle: u32,
+    cycle: Cycle,
     due_at: DateTime<Utc>,
     attempt: u32,
     prior_declines: u32,

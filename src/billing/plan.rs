@@ -11,7 +11,7 @@ use super::model::{BillingState, MerchantRow, MerchantStatus, SubscriptionId, Su
 use crate::domain::{Bid, FieldError, Krw, Moid};
 use crate::gateway::nicepay::{Buyer, Class, check_goods_name, form, limits};
 use crate::schedule::{
-    CatchUp, Cycle, DueNow, FirstAfter, IntervalUnit, MAX_CYCLE, Schedule, Skipped, parse_timezone,
+    CatchUp, Cycle, DueNow, FirstAfter, IntervalUnit, Schedule, Skipped, parse_timezone,
 };
 
 /// Where a subscription goes when dunning runs out.
@@ -225,8 +225,8 @@ pub fn decide(valid: &Valid, row: &BillingState, now: DateTime<Utc>, policy: &Po
     let schedule = &valid.schedule;
     // Where the subscription stands: the next uncharged cycle and its scheduled due time.
     let current = match row.next_cycle {
-        Some(c) if c >= 1 => schedule.due_at(c).map(|due| (c, due)),
-        _ => schedule.due_at(1).map(|due| (1, due)),
+        Some(c) if c >= Cycle::FIRST => schedule.due_at(c).map(|due| (c, due)),
+        _ => schedule.due_at(Cycle::FIRST).map(|due| (Cycle::FIRST, due)),
     };
     let Some((cycle, due)) = current else {
         return Decision::Ended {
@@ -384,7 +384,7 @@ pub fn advance(
         // least `resend_after`.
         Settled::Approved => match schedule.map(|s| s.next(cycle, due_at)) {
             None => Advance {
-                next_cycle: cycle.saturating_add(1).min(MAX_CYCLE + 1),
+                next_cycle: cycle.saturating_next(),
                 next_charge_at: None,
                 cycle_attempts: 0,
                 cycle_declines: 0,
@@ -399,7 +399,7 @@ pub fn advance(
             },
             Some(None) => Advance {
                 // One past the last: at most i32::MAX, the column's limit.
-                next_cycle: cycle.saturating_add(1).min(MAX_CYCLE + 1),
+                next_cycle: cycle.saturating_next(),
                 next_charge_at: None,
                 cycle_attempts: 0,
                 cycle_declines: 0,
@@ -491,14 +491,14 @@ mod tests {
                 skipped,
                 ..
             } => {
-                assert_eq!((cycle, attempt, moid.as_str()), (1, 1, "S17-C1-A1"));
+                assert_eq!((cycle, attempt, moid.as_str()), (Cycle(1), 1, "S17-C1-A1"));
                 assert!(skipped.is_empty());
             }
             other => panic!("{other:?}"),
         }
         // A dunning retry of cycle 3, second attempt, with a prefix.
         let mut r = fresh();
-        r.next_cycle = Some(3);
+        r.next_cycle = Some(Cycle(3));
         r.next_charge_at = Some(at("2027-04-01 09:00"));
         r.cycle_attempts = 1;
         r.cycle_declines = 1;
@@ -508,18 +508,27 @@ mod tests {
         };
         let d = decide(&valid(), &r, at("2027-04-01 10:00"), &policy);
         assert!(
-            matches!(d, Decision::Charge { cycle: 3, attempt: 2, ref moid, .. } if moid.as_str() == "shop-S17-C3-A2"),
+            matches!(d, Decision::Charge { cycle: Cycle(3), attempt: 2, ref moid, .. } if moid.as_str() == "shop-S17-C3-A2"),
             "{d:?}"
         );
         // Before the retry time: wait, even though the cycle itself is due.
         let d = decide(&valid(), &r, at("2027-03-31 23:00"), &policy);
-        assert!(matches!(d, Decision::Wait { next_cycle: 3, .. }), "{d:?}");
+        assert!(
+            matches!(
+                d,
+                Decision::Wait {
+                    next_cycle: Cycle(3),
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn pause_skips_the_cycles_that_came_due() {
         let mut r = fresh();
-        r.next_cycle = Some(2);
+        r.next_cycle = Some(Cycle(2));
         r.next_charge_at = Some(at("2027-02-28 09:00"));
         r.paused_since = Some(at("2027-02-10 00:00"));
         let d = decide(&valid(), &r, at("2027-04-15 12:00"), &Policy::default());
@@ -532,7 +541,7 @@ mod tests {
             } => {
                 assert_eq!(
                     (next_cycle, next_charge_at, reason),
-                    (4, at("2027-04-30 09:00"), Some("paused"))
+                    (Cycle(4), at("2027-04-30 09:00"), Some("paused"))
                 );
                 assert_eq!(
                     (
@@ -540,7 +549,7 @@ mod tests {
                         skipped.first.map(|s| s.0),
                         skipped.last.map(|s| s.0)
                     ),
-                    (2, Some(2), Some(3))
+                    (2, Some(Cycle(2)), Some(Cycle(3)))
                 );
             }
             other => panic!("{other:?}"),
@@ -563,7 +572,7 @@ mod tests {
                 moid,
                 ..
             } => {
-                assert_eq!((u64::from(cycle), skipped.count), (days + 1, days));
+                assert_eq!((u64::from(cycle.0), skipped.count), (days + 1, days));
                 assert_eq!(moid.as_str(), format!("S17-C{cycle}-A1"));
             }
             other => panic!("{other:?}"),
@@ -572,17 +581,17 @@ mod tests {
         let d = decide_row(&r, &st, now, &Policy::default());
         assert!(
             matches!(d, Decision::Wait { next_cycle, skipped, reason: Some("paused"), .. }
-                if u64::from(next_cycle) == days + 2 && skipped.count == days + 1),
+                if u64::from(next_cycle.0) == days + 2 && skipped.count == days + 1),
             "{d:?}"
         );
         // Cycle numbers and attempt counts at the limits of their columns.
         let r = row();
         let mut st = fresh();
-        st.next_cycle = Some(i32::MAX as u32);
+        st.next_cycle = Some(Cycle(i32::MAX as u32));
         let d = decide_row(&r, &st, now, &Policy::default());
         assert!(matches!(d, Decision::Ended { .. }), "{d:?}");
         let mut st = fresh();
-        st.next_cycle = Some(1);
+        st.next_cycle = Some(Cycle(1));
         st.cycle_attempts = i32::MAX as u32;
         let d = decide_row(&r, &st, at("2027-01-31 10:00"), &Policy::default());
         assert!(
@@ -622,7 +631,7 @@ mod tests {
             st.next_charge_at = Some(next_charge_at);
             if next_charge_at > now {
                 assert_eq!(
-                    (u64::from(next_cycle), next_charge_at, passed),
+                    (u64::from(next_cycle.0), next_charge_at, passed),
                     (minutes + 2, at("2027-03-20 00:01"), minutes + 1)
                 );
                 break;
@@ -641,7 +650,7 @@ mod tests {
         let schedule = Some(&valid.schedule);
         let now = at("2027-01-31 10:00");
         let pos = |declines| Position {
-            cycle: 1,
+            cycle: Cycle(1),
             due_at: at("2027-01-31 09:00"),
             attempts: declines,
             declines,
@@ -666,7 +675,7 @@ mod tests {
         let ok = advance(schedule, pos(2), Settled::Approved, now, &policy);
         assert_eq!(
             (ok.next_cycle, ok.next_charge_at, ok.cycle_declines),
-            (2, Some(at("2027-02-28 09:00")), 0)
+            (Cycle(2), Some(at("2027-02-28 09:00")), 0)
         );
         let gone = advance(schedule, pos(0), Settled::PermanentCard, now, &policy);
         assert_eq!(
@@ -676,7 +685,7 @@ mod tests {
         let bug = advance(schedule, pos(0), Settled::RequestError, now, &policy);
         assert_eq!(
             (bug.next_cycle, bug.next_charge_at, bug.status),
-            (1, Some(now + chrono::Duration::hours(1)), None)
+            (Cycle(1), Some(now + chrono::Duration::hours(1)), None)
         );
         let lost = advance(schedule, pos(0), Settled::NotCharged, now, &policy);
         assert_eq!(
@@ -685,7 +694,7 @@ mod tests {
         );
         // Without a schedule (the row no longer validates), an approval still moves on.
         let blind = advance(None, pos(1), Settled::Approved, now, &policy);
-        assert_eq!((blind.next_cycle, blind.next_charge_at), (2, None));
+        assert_eq!((blind.next_cycle, blind.next_charge_at), (Cycle(2), None));
     }
 
     #[test]

@@ -296,7 +296,7 @@ pub(super) fn advance_subscriptions(
         sql.row(vec![
             Value::I64(*id),
             Value::I32(*on_cycle),
-            Value::I32(b.next_cycle as i32),
+            Value::I32(b.next_cycle.column()),
             Value::Ts(b.next_charge_at.map(|t| t.naive_utc())),
             Value::I32(b.cycle_attempts as i32),
             Value::I32(b.cycle_declines as i32),

@@ -19,6 +19,7 @@ use crate::billing::model::{
     BillingState, ChargeState, EventKind, MerchantRow, SubscriptionId, SubscriptionStatus,
 };
 use crate::domain::FieldError;
+use crate::schedule::Cycle;
 
 /// A claimed subscription: the merchant's row as it parsed, and nicebill's state.
 #[derive(Clone, Debug)]
@@ -37,10 +38,7 @@ pub(super) fn state_of(row: &BillingStateRow) -> BillingState {
     BillingState {
         status: row.status.parse().unwrap_or(SubscriptionStatus::Invalid),
         status_reason: row.status_reason.clone(),
-        next_cycle: row
-            .next_cycle
-            .and_then(|c| u32::try_from(c).ok())
-            .filter(|c| *c >= 1),
+        next_cycle: row.next_cycle.and_then(Cycle::from_column),
         next_charge_at: row.next_charge_at.map(|t| t.and_utc()),
         cycle_attempts: u32::try_from(row.cycle_attempts).unwrap_or(0),
         cycle_declines: u32::try_from(row.cycle_declines).unwrap_or(0),

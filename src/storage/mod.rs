@@ -34,6 +34,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::billing::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
 use crate::domain::FieldError;
+use crate::schedule::Cycle;
 use models::NewEvent;
 use schema::{billkey_removals, events};
 
@@ -256,7 +257,7 @@ impl Event {
 /// nicebill's bookkeeping of one subscription, as one update of `billing_state`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bookkeeping {
-    pub next_cycle: u32,
+    pub next_cycle: Cycle,
     pub next_charge_at: Option<DateTime<Utc>>,
     pub cycle_attempts: u32,
     pub cycle_declines: u32,
@@ -268,7 +269,7 @@ pub struct Bookkeeping {
 #[derive(Clone, Debug)]
 pub struct StartAttempt {
     pub subscription_id: SubscriptionId,
-    pub cycle: u32,
+    pub cycle: Cycle,
     pub attempt: u32,
     pub moid: String,
     pub amount: i64,
@@ -334,7 +335,7 @@ impl ChargeResult {
 pub struct Outcome {
     pub charge_id: ChargeId,
     pub subscription_id: SubscriptionId,
-    pub cycle: u32,
+    pub cycle: Cycle,
     pub result: ChargeResult,
     pub bookkeeping: Option<Bookkeeping>,
     pub events: Vec<Event>,

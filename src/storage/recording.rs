@@ -16,6 +16,7 @@ use super::{
 };
 use super::{batch, merchant};
 use crate::billing::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
+use crate::schedule::Cycle;
 
 /// An attempt the database accepted: its index in the request, charge id and TID.
 pub type Started = (usize, ChargeId, String);
@@ -119,7 +120,7 @@ impl Store {
                         i,
                         NewCharge {
                             subscription_id: a.subscription_id.0,
-                            cycle: a.cycle as i32,
+                            cycle: a.cycle.column(),
                             attempt: a.attempt as i32,
                             moid: a.moid.clone(),
                             tid: new_tid(),
@@ -168,7 +169,7 @@ impl Store {
                     let a = &attempts[*i];
                     (
                         a.subscription_id.0,
-                        a.cycle as i32,
+                        a.cycle.column(),
                         naive(a.due_at),
                         a.attempt as i32,
                     )
@@ -255,7 +256,7 @@ impl Store {
                 .filter_map(|o| {
                     o.bookkeeping
                         .as_ref()
-                        .map(|b| (o.subscription_id.0, o.cycle as i32, b))
+                        .map(|b| (o.subscription_id.0, o.cycle.column(), b))
                 })
                 .collect();
             let mut advanced = HashSet::new();
@@ -441,11 +442,13 @@ impl Store {
                         .execute(c)?;
                     // The subscription moves on only if it is still on that cycle; if dunning
                     // had given up on the cycle (past_due), it is paid after all.
-                    let cycle = u32::try_from(charge.cycle).unwrap_or(1);
+                    let next = Cycle::from_column(charge.cycle)
+                        .unwrap_or(Cycle::FIRST)
+                        .saturating_next();
                     let moved = diesel::update(billing_state::table.find(charge.subscription_id))
                         .filter(billing_state::next_cycle.eq(charge.cycle))
                         .set((
-                            billing_state::next_cycle.eq(Some(cycle.saturating_add(1) as i32)),
+                            billing_state::next_cycle.eq(Some(next.column())),
                             billing_state::next_charge_at.eq(None::<NaiveDateTime>),
                             billing_state::cycle_attempts.eq(0),
                             billing_state::cycle_declines.eq(0),
@@ -559,13 +562,13 @@ impl Store {
 fn refuse(c: &mut AnyConnection, a: &StartAttempt, now: NaiveDateTime) -> Result<(), StoreError> {
     let approved: i64 = charges::table
         .filter(charges::subscription_id.eq(a.subscription_id.0))
-        .filter(charges::cycle.eq(a.cycle as i32))
+        .filter(charges::cycle.eq(a.cycle.column()))
         .filter(charges::state.eq(ChargeState::Approved.as_str()))
         .count()
         .get_result(c)?;
     tracing::warn!(
         subscription = a.subscription_id.0,
-        cycle = a.cycle,
+        cycle = a.cycle.0,
         moid = %a.moid,
         cycle_approved = approved > 0,
         "attempt refused by the database (its cycle is approved or has an attempt in flight); not sent"
@@ -575,10 +578,10 @@ fn refuse(c: &mut AnyConnection, a: &StartAttempt, now: NaiveDateTime) -> Result
             .filter(
                 billing_state::next_cycle
                     .is_null()
-                    .or(billing_state::next_cycle.le(a.cycle as i32)),
+                    .or(billing_state::next_cycle.le(a.cycle.column())),
             )
             .set((
-                billing_state::next_cycle.eq(Some(a.cycle.saturating_add(1) as i32)),
+                billing_state::next_cycle.eq(Some(a.cycle.saturating_next().column())),
                 billing_state::next_charge_at.eq(None::<NaiveDateTime>),
                 billing_state::cycle_attempts.eq(0),
                 billing_state::cycle_declines.eq(0),
@@ -612,7 +615,7 @@ fn apply_bookkeeping(
     let n = diesel::update(billing_state::table.find(id.0))
         .filter(billing_state::claimed_by.eq(owner.to_owned()))
         .set((
-            billing_state::next_cycle.eq(Some(b.next_cycle as i32)),
+            billing_state::next_cycle.eq(Some(b.next_cycle.column())),
             billing_state::next_charge_at.eq(b.next_charge_at.map(naive)),
             billing_state::cycle_attempts.eq(b.cycle_attempts as i32),
             billing_state::cycle_declines.eq(b.cycle_declines as i32),
