@@ -237,8 +237,19 @@ impl Config {
         Self::parse(file, &text, |name| std::env::var(name).ok(), warnings)
     }
 
-    /// Parses config text; `env` looks up environment variables (injectable for tests).
+    /// Parses config text; `env` looks up environment variables (injectable for tests). An
+    /// error never quotes a secret the text holds: an inline `merchant_key`'s value and any
+    /// URL's password are replaced by `***` (with the whole value of a line holding one).
     pub fn parse(
+        file: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        warnings: Vec<String>,
+    ) -> Result<Config, ConfigError> {
+        Self::parse_text(file, text, env, warnings).map_err(|e| redact_error(e, text))
+    }
+
+    fn parse_text(
         file: &Path,
         text: &str,
         env: impl Fn(&str) -> Option<String>,
@@ -649,6 +660,73 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The secrets a config text holds: the value of any `merchant_key` assignment (as written,
+/// quoted or not, terminated or not) and the password of anything URL-like
+/// (`user:password@host`), with the whole value of any line holding one, so that an error
+/// quoting the line quotes none of it.
+fn secrets_in(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut value_of = |value: &str| {
+        let value = value.trim();
+        found.push(value.to_owned());
+        found.push(value.trim_matches(|c| c == '"' || c == '\'').to_owned());
+    };
+    for line in text.lines() {
+        let (key, value) = line.split_once('=').unwrap_or(("", line));
+        let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+        if key == "merchant_key" || key.ends_with(".merchant_key") || key.ends_with("{merchant_key")
+        {
+            value_of(value);
+        }
+        if line.contains('@') {
+            value_of(value);
+        }
+    }
+    let mut passwords = Vec::new();
+    for (at, _) in text.match_indices('@') {
+        let userinfo = text[..at]
+            .rsplit(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '/' | '='))
+            .next()
+            .unwrap_or_default();
+        if let Some((_, password)) = userinfo.split_once(':') {
+            passwords.push(password.to_owned());
+            passwords.push(
+                percent_encoding::percent_decode_str(password)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    found.extend(passwords);
+    // Longest first, so that a secret's own parts do not break its redaction.
+    found.retain(|s| s.chars().count() >= 3);
+    found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    found.dedup();
+    found
+}
+
+/// The error with every secret of `text` replaced by `***`.
+fn redact_error(e: ConfigError, text: &str) -> ConfigError {
+    let secrets = secrets_in(text);
+    let redact = |message: String| {
+        secrets
+            .iter()
+            .fold(message, |m, secret| m.replace(secret.as_str(), "***"))
+    };
+    match e {
+        ConfigError::Read { .. } => e,
+        ConfigError::Syntax { file, message } => ConfigError::Syntax {
+            file,
+            message: redact(message),
+        },
+        ConfigError::Invalid { file, key, problem } => ConfigError::Invalid {
+            file,
+            key,
+            problem: redact(problem),
+        },
+    }
+}
+
 /// A warning when a file that may hold secrets is readable by others, or by a group other than
 /// the one nicebill runs as (`root:nicebill 0640`, as the systemd unit installs it, is fine).
 pub fn loose_permissions(path: &Path) -> Option<String> {
@@ -993,5 +1071,59 @@ mod tests {
         ))
         .unwrap();
         assert!(c.warnings[0].contains("inline"), "{:?}", c.warnings);
+    }
+
+    /// Config errors never quote an inline merchant key or a URL password, whatever the
+    /// mistake next to them.
+    #[test]
+    fn errors_never_quote_secrets() {
+        let password = "hunter2-Pa%24%24";
+        let decoded = "hunter2-Pa$$";
+        let head = "[nicepay]\nmid = \"nictest04m\"\n";
+        let cases = [
+            // An unterminated string: TOML's own message would quote the line.
+            format!("{head}merchant_key = \"{KEY}\n"),
+            // Unquoted.
+            format!("{head}merchant_key = {KEY}\n"),
+            // A typo right after it.
+            format!("{head}merchant_key = \"{KEY}\"\nbase_url == \"x\"\n"),
+            // Wrong type, and too short a key.
+            format!("{head}merchant_key = 1234567890123\n"),
+            format!("{head}merchant_key = \"{}\"\n", &KEY[..10]),
+            // Dotted and inline-table forms.
+            format!("nicepay.mid = \"nictest04m\"\nnicepay.merchant_key = \"{KEY}\"\n[x\n"),
+            // A URL password: a bad scheme, an unterminated string, a typo in the URL.
+            format!(
+                "{head}merchant_key_env = \"NB_KEY\"\n[database]\nurl = \"mysql://nb:{password}@db.example.com/nb\"\n"
+            ),
+            format!(
+                "{head}merchant_key_env = \"NB_KEY\"\n[database]\nurl = \"postgres://nb:{password}@db.example.com/nb\n"
+            ),
+            format!(
+                "{head}merchant_key_env = \"NB_KEY\"\n[database]\nurl = \"postgres//nb:{password}@db.example.com/nb\"\n"
+            ),
+            format!(
+                "{head}merchant_key_env = \"NB_KEY\"\n[database]\nurl = \"postgres://nb:{password}@db.example.com/nb\"\nmax_connections = \"x\"\n"
+            ),
+        ];
+        for text in &cases {
+            let err = parse(text).expect_err(text).to_string();
+            for secret in [KEY, &KEY[..16], &KEY[..10], "1234567890123", password, decoded] {
+                assert!(
+                    !err.contains(secret),
+                    "the error quotes {secret:?}: {err}\nconfig:\n{text}"
+                );
+            }
+            assert!(err.starts_with("test.toml: "), "{err}");
+        }
+        // Syntax errors still say where.
+        let err = parse(&cases[0]).unwrap_err().to_string();
+        assert!(err.contains("line 3, column"), "{err}");
+        assert!(err.contains("merchant_key = ***"), "{err}");
+        // The redaction finds what it looks for.
+        let secrets = secrets_in(&cases[7]);
+        assert!(secrets.iter().any(|s| s == password), "{secrets:?}");
+        assert!(secrets.iter().any(|s| s == decoded), "{secrets:?}");
+        assert!(secrets_in(&cases[0]).iter().any(|s| s == KEY));
     }
 }

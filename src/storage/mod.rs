@@ -69,7 +69,7 @@ impl DbUrl {
             return Ok(DbUrl::Sqlite(PathBuf::from(path)));
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Ok(DbUrl::Postgres(text.to_owned()));
+            return Ok(DbUrl::Postgres(with_default_sslmode(text)));
         }
         Err(FieldError::new(
             "database.url",
@@ -85,6 +85,40 @@ impl DbUrl {
             DbUrl::Sqlite(_) => "sqlite",
             DbUrl::Postgres(_) => "postgres",
         }
+    }
+}
+
+/// A PostgreSQL URL naming a host that is not this machine, and no `sslmode`, gets
+/// `sslmode=require`: the connection carries the merchant's billing data and must not go in
+/// clear text over a network. An explicit `sslmode` in the URL wins; loopback hosts
+/// (`localhost`, 127.0.0.0/8, `::1`) and Unix sockets (no host, or a `host=/dir` parameter) are
+/// left as written. A URL the `url` crate cannot read is left for libpq to judge.
+fn with_default_sslmode(text: &str) -> String {
+    let Ok(url) = url::Url::parse(text) else {
+        return text.to_owned();
+    };
+    let mut host = url.host_str().unwrap_or_default().to_owned();
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "sslmode" => return text.to_owned(),
+            "host" | "hostaddr" => host = value.into_owned(),
+            _ => {}
+        }
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.is_empty()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return text.to_owned();
+    }
+    let sep = if url.query().is_some() { '&' } else { '?' };
+    match text.split_once('#') {
+        Some((head, fragment)) => format!("{head}{sep}sslmode=require#{fragment}"),
+        None => format!("{text}{sep}sslmode=require"),
     }
 }
 
@@ -551,4 +585,59 @@ pub fn bid_suffix(bid: &str) -> String {
     let chars: Vec<char> = bid.chars().collect();
     let tail: String = chars[chars.len().saturating_sub(4)..].iter().collect();
     format!("…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DbUrl;
+
+    fn pg(text: &str) -> String {
+        match DbUrl::parse(text) {
+            Ok(DbUrl::Postgres(url)) => url,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn remote_postgres_requires_tls_unless_told_otherwise() {
+        for (given, want) in [
+            (
+                "postgres://nb@db.example.com/nb",
+                "postgres://nb@db.example.com/nb?sslmode=require",
+            ),
+            (
+                "postgresql://nb:pw@10.0.0.5:5433/nb?application_name=x",
+                "postgresql://nb:pw@10.0.0.5:5433/nb?application_name=x&sslmode=require",
+            ),
+            (
+                "postgres://nb@[2001:db8::1]/nb",
+                "postgres://nb@[2001:db8::1]/nb?sslmode=require",
+            ),
+            (
+                "postgres:///nb?host=db.example.com",
+                "postgres:///nb?host=db.example.com&sslmode=require",
+            ),
+            // An explicit sslmode wins, whatever it is.
+            (
+                "postgres://nb@db.example.com/nb?sslmode=disable",
+                "postgres://nb@db.example.com/nb?sslmode=disable",
+            ),
+            (
+                "postgres://nb@db.example.com/nb?sslmode=verify-full",
+                "postgres://nb@db.example.com/nb?sslmode=verify-full",
+            ),
+            // This machine: loopback and Unix sockets.
+            ("postgres://postgres@127.0.0.1:5432/nb", "postgres://postgres@127.0.0.1:5432/nb"),
+            ("postgres://postgres@127.8.0.1/nb", "postgres://postgres@127.8.0.1/nb"),
+            ("postgres://postgres@localhost/nb", "postgres://postgres@localhost/nb"),
+            ("postgres://postgres@[::1]/nb", "postgres://postgres@[::1]/nb"),
+            ("postgres:///nb", "postgres:///nb"),
+            (
+                "postgres:///nb?host=/var/run/postgresql",
+                "postgres:///nb?host=/var/run/postgresql",
+            ),
+        ] {
+            assert_eq!(pg(given), want, "{given}");
+        }
+    }
 }
