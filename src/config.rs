@@ -1108,7 +1108,14 @@ mod tests {
         ];
         for text in &cases {
             let err = parse(text).expect_err(text).to_string();
-            for secret in [KEY, &KEY[..16], &KEY[..10], "1234567890123", password, decoded] {
+            for secret in [
+                KEY,
+                &KEY[..16],
+                &KEY[..10],
+                "1234567890123",
+                password,
+                decoded,
+            ] {
                 assert!(
                     !err.contains(secret),
                     "the error quotes {secret:?}: {err}\nconfig:\n{text}"

@@ -44,7 +44,14 @@ async fn synchronous_commit_is_on_whatever_the_url_says() {
     // The URL asks the server to make commits asynchronous for this session.
     let url = with_param(&base, "options=-c%20synchronous_commit%3Doff");
     let raw = Store::open(DbUrl::parse(&url).unwrap(), 1).unwrap();
-    assert_eq!(one(&raw, "SELECT current_setting('synchronous_commit') AS value").await, "on");
+    assert_eq!(
+        one(
+            &raw,
+            "SELECT current_setting('synchronous_commit') AS value"
+        )
+        .await,
+        "on"
+    );
 }
 
 #[tokio::test]
@@ -54,8 +61,11 @@ async fn tls_is_used_when_the_url_requires_it() {
     };
     let sql = "SELECT CASE WHEN ssl THEN 'tls' ELSE 'clear' END AS value \
                FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
-    let required = Store::open(DbUrl::parse(&with_param(&base, "sslmode=require")).unwrap(), 1)
-        .unwrap();
+    let required = Store::open(
+        DbUrl::parse(&with_param(&base, "sslmode=require")).unwrap(),
+        1,
+    )
+    .unwrap();
     match try_one(&required, sql).await {
         Err(e) if e.to_string().contains("server does not support SSL") => {
             eprintln!("pg_session: skipped the TLS check (this PostgreSQL server has ssl = off)");
@@ -63,7 +73,10 @@ async fn tls_is_used_when_the_url_requires_it() {
         }
         result => assert_eq!(result.unwrap(), "tls"),
     }
-    let clear =
-        Store::open(DbUrl::parse(&with_param(&base, "sslmode=disable")).unwrap(), 1).unwrap();
+    let clear = Store::open(
+        DbUrl::parse(&with_param(&base, "sslmode=disable")).unwrap(),
+        1,
+    )
+    .unwrap();
     assert_eq!(one(&clear, sql).await, "clear");
 }

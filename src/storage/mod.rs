@@ -69,7 +69,8 @@ impl DbUrl {
             return Ok(DbUrl::Sqlite(PathBuf::from(path)));
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Ok(DbUrl::Postgres(with_default_sslmode(text)));
+            let env_sslmode = std::env::var_os("PGSSLMODE").is_some();
+            return Ok(DbUrl::Postgres(with_default_sslmode(text, env_sslmode)));
         }
         Err(FieldError::new(
             "database.url",
@@ -90,13 +91,17 @@ impl DbUrl {
 
 /// A PostgreSQL URL naming a host that is not this machine, and no `sslmode`, gets
 /// `sslmode=require`: the connection carries the merchant's billing data and must not go in
-/// clear text over a network. An explicit `sslmode` in the URL wins; loopback hosts
-/// (`localhost`, 127.0.0.0/8, `::1`) and Unix sockets (no host, or a `host=/dir` parameter) are
-/// left as written. A URL the `url` crate cannot read is left for libpq to judge.
-fn with_default_sslmode(text: &str) -> String {
+/// clear text over a network. An explicit `sslmode` in the URL, or libpq's `PGSSLMODE` in the
+/// environment (`env_sslmode`), wins; loopback hosts (`localhost`, 127.0.0.0/8, `::1`) and Unix
+/// sockets (no host, or a `host=/dir` parameter) are left as written. A URL the `url` crate
+/// cannot read is left for libpq to judge.
+fn with_default_sslmode(text: &str, env_sslmode: bool) -> String {
     let Ok(url) = url::Url::parse(text) else {
         return text.to_owned();
     };
+    if env_sslmode {
+        return text.to_owned();
+    }
     let mut host = url.host_str().unwrap_or_default().to_owned();
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
@@ -627,10 +632,22 @@ mod tests {
                 "postgres://nb@db.example.com/nb?sslmode=verify-full",
             ),
             // This machine: loopback and Unix sockets.
-            ("postgres://postgres@127.0.0.1:5432/nb", "postgres://postgres@127.0.0.1:5432/nb"),
-            ("postgres://postgres@127.8.0.1/nb", "postgres://postgres@127.8.0.1/nb"),
-            ("postgres://postgres@localhost/nb", "postgres://postgres@localhost/nb"),
-            ("postgres://postgres@[::1]/nb", "postgres://postgres@[::1]/nb"),
+            (
+                "postgres://postgres@127.0.0.1:5432/nb",
+                "postgres://postgres@127.0.0.1:5432/nb",
+            ),
+            (
+                "postgres://postgres@127.8.0.1/nb",
+                "postgres://postgres@127.8.0.1/nb",
+            ),
+            (
+                "postgres://postgres@localhost/nb",
+                "postgres://postgres@localhost/nb",
+            ),
+            (
+                "postgres://postgres@[::1]/nb",
+                "postgres://postgres@[::1]/nb",
+            ),
             ("postgres:///nb", "postgres:///nb"),
             (
                 "postgres:///nb?host=/var/run/postgresql",
@@ -639,5 +656,10 @@ mod tests {
         ] {
             assert_eq!(pg(given), want, "{given}");
         }
+        // PGSSLMODE in the environment is an explicit choice too.
+        assert_eq!(
+            super::with_default_sslmode("postgres://nb@db.example.com/nb", true),
+            "postgres://nb@db.example.com/nb"
+        );
     }
 }
