@@ -1,7 +1,7 @@
 //! Value types shared by every module: money, NICEPAY identifiers and secrets.
 //!
 //! Each type validates on construction, so a value that exists is a value NICEPAY accepts in
-//! shape. Secrets print as `***` through both `Debug` and `Display`.
+//! shape. Secrets live in `secrecy` boxes (zeroed on drop); the types holding them print `***`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -245,37 +245,22 @@ impl fmt::Display for Tid {
     }
 }
 
-/// A value that must never reach a log, an error message or a database column.
-/// `Debug` and `Display` print `***`; the value is reachable only through [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret<T>(T);
-
-impl<T> Secret<T> {
-    pub fn new(value: T) -> Self {
-        Self(value)
-    }
-
-    pub fn expose(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl<T> fmt::Display for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// Secrets in memory are `secrecy` boxes: zeroed when dropped, reachable only through
+/// [`ExposeSecret::expose_secret`], and never printed by the types that hold them (`***`).
+pub use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 /// The merchant key: an 88-character text, used as text (never base64-decoded).
 /// Its first 16 characters are the AES key for `EncData`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct MerchantKey(Secret<String>);
+#[derive(Clone)]
+pub struct MerchantKey(SecretString);
+
+impl PartialEq for MerchantKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for MerchantKey {}
 
 impl MerchantKey {
     pub fn new(text: impl Into<String>) -> Result<Self, FieldError> {
@@ -305,16 +290,16 @@ impl MerchantKey {
                 "contains white space inside the key",
             ));
         }
-        Ok(Self(Secret::new(text)))
+        Ok(Self(SecretString::from(text)))
     }
 
     pub fn expose(&self) -> &str {
-        self.0.expose()
+        self.0.expose_secret()
     }
 
     /// The AES-128 key for `EncData`: the first 16 characters as bytes.
-    pub fn aes_key(&self) -> [u8; 16] {
-        let mut key = [0u8; 16];
+    pub fn aes_key(&self) -> zeroize::Zeroizing<[u8; 16]> {
+        let mut key = zeroize::Zeroizing::new([0u8; 16]);
         key.copy_from_slice(&self.expose().as_bytes()[..16]);
         key
     }
@@ -332,14 +317,21 @@ impl fmt::Display for MerchantKey {
     }
 }
 
-/// Card details for billkey issue. Never stored, never logged: every field is a [`Secret`].
-#[derive(Clone, Debug)]
+/// Card details for billkey issue. Never stored, never logged: every field is a
+/// [`SecretString`] (zeroed when dropped), and the whole prints as `CardDetails(***)`.
+#[derive(Clone)]
 pub struct CardDetails {
-    pub card_no: Secret<String>,
-    pub exp_year: Secret<String>,
-    pub exp_month: Secret<String>,
-    pub id_no: Secret<String>,
-    pub card_pw: Secret<String>,
+    pub card_no: SecretString,
+    pub exp_year: SecretString,
+    pub exp_month: SecretString,
+    pub id_no: SecretString,
+    pub card_pw: SecretString,
+}
+
+impl fmt::Debug for CardDetails {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CardDetails(***)")
+    }
 }
 
 impl CardDetails {
@@ -352,6 +344,7 @@ impl CardDetails {
         card_pw: &str,
     ) -> Result<Self, FieldError> {
         let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        // Moved into its SecretString below, which zeroes it when dropped.
         let card_no: String = card_no.chars().filter(|c| *c != ' ' && *c != '-').collect();
         if !(14..=19).contains(&card_no.len()) || !digits(&card_no) {
             return Err(FieldError::new("CardNo", "must be 14 to 19 digits"));
@@ -381,18 +374,18 @@ impl CardDetails {
             ));
         }
         Ok(Self {
-            card_no: Secret::new(card_no),
-            exp_year: Secret::new(exp_year.to_owned()),
-            exp_month: Secret::new(exp_month.to_owned()),
-            id_no: Secret::new(id_no.to_owned()),
-            card_pw: Secret::new(card_pw.to_owned()),
+            card_no: SecretString::from(card_no),
+            exp_year: SecretString::from(exp_year),
+            exp_month: SecretString::from(exp_month),
+            id_no: SecretString::from(id_no),
+            card_pw: SecretString::from(card_pw),
         })
     }
 
     /// Parses `key=value` lines (`CardNo=`, `ExpYear=`, `ExpMonth=`, `IDNo=`, `CardPw=`).
     /// Blank lines and `#` comments are skipped; unknown keys are refused.
     pub fn from_lines(text: &str) -> Result<Self, FieldError> {
-        let mut values: [Option<String>; 5] = Default::default();
+        let mut values: [Option<zeroize::Zeroizing<String>>; 5] = Default::default();
         const KEYS: [&str; 5] = ["CardNo", "ExpYear", "ExpMonth", "IDNo", "CardPw"];
         for line in text.lines() {
             let line = line.trim();
@@ -414,7 +407,7 @@ impl CardDetails {
                     ),
                 ));
             };
-            values[i] = Some(value.trim().to_owned());
+            values[i] = Some(zeroize::Zeroizing::new(value.trim().to_owned()));
         }
         let [card_no, exp_year, exp_month, id_no, card_pw] = values;
         let card_no = card_no.ok_or_else(|| FieldError::new("CardNo", "is missing"))?;
@@ -424,20 +417,20 @@ impl CardDetails {
             &card_no,
             &exp_year,
             &exp_month,
-            id_no.as_deref().unwrap_or(""),
-            card_pw.as_deref().unwrap_or(""),
+            id_no.as_ref().map_or("", |v| v.as_str()),
+            card_pw.as_ref().map_or("", |v| v.as_str()),
         )
     }
 
     /// The plaintext NICEPAY encrypts into `EncData`.
-    pub(crate) fn enc_plaintext(&self) -> Secret<String> {
-        Secret::new(format!(
+    pub(crate) fn enc_plaintext(&self) -> SecretString {
+        SecretString::from(format!(
             "CardNo={}&ExpYear={}&ExpMonth={}&IDNo={}&CardPw={}",
-            self.card_no.expose(),
-            self.exp_year.expose(),
-            self.exp_month.expose(),
-            self.id_no.expose(),
-            self.card_pw.expose()
+            self.card_no.expose_secret(),
+            self.exp_year.expose_secret(),
+            self.exp_month.expose_secret(),
+            self.id_no.expose_secret(),
+            self.card_pw.expose_secret()
         ))
     }
 }
@@ -481,6 +474,16 @@ mod tests {
         let card = CardDetails::new("1234567890123456", "25", "12", "800101", "12").unwrap();
         let shown = format!("{card:?}");
         assert!(!shown.contains("1234567890123456") && !shown.contains("800101"));
+        assert_eq!(
+            (format!("{key:?}"), format!("{key}"), shown),
+            (
+                "MerchantKey(***)".into(),
+                "***".into(),
+                "CardDetails(***)".into()
+            )
+        );
+        // A secret field on its own prints no value either (secrecy's own Debug).
+        assert!(!format!("{:?}", card.card_no).contains("1234"));
         assert!(MerchantKey::new("tooshort").is_err());
     }
 
@@ -491,7 +494,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            card.enc_plaintext().expose(),
+            card.enc_plaintext().expose_secret(),
             "CardNo=1234567890123456&ExpYear=25&ExpMonth=12&IDNo=800101&CardPw=12"
         );
         assert_eq!(

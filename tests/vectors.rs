@@ -2,7 +2,7 @@
 //! shared vectors): every entry is checked.
 
 use chrono::{DateTime, Utc};
-use nicebill::domain::{MerchantKey, Mid, Secret};
+use nicebill::domain::{ExposeSecret, MerchantKey, Mid, SecretString};
 use nicebill::gateway::nicepay::{crypto, form, sign, tid};
 use serde_json::Value;
 
@@ -27,11 +27,11 @@ fn enc_data() {
     assert_eq!(cases.len(), 3);
     for case in cases {
         let key = key_of(&v, s(case, "mid"));
-        assert_eq!(&key.aes_key(), s(case, "key16").as_bytes());
-        let plain = Secret::new(s(case, "plain").to_owned());
+        assert_eq!(&key.aes_key()[..], s(case, "key16").as_bytes());
+        let plain = SecretString::from(s(case, "plain").to_owned());
         assert_eq!(crypto::encrypt(&plain, &key), s(case, "EncData"));
         let back = crypto::decrypt(&s(case, "EncData").to_lowercase(), &key).unwrap();
-        assert_eq!(back.expose().as_slice(), s(case, "plain").as_bytes());
+        assert_eq!(back.expose_secret(), s(case, "plain").as_bytes());
     }
 }
 

@@ -182,7 +182,10 @@ fn conclude<T: Serialize>(
 fn read_card() -> Result<CardDetails, CliError> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        let ask = |label: &str| rpassword::prompt_password(format!("{label}: "));
+        // Each answer is zeroed when dropped, as is everything CardDetails keeps.
+        let ask = |label: &str| {
+            rpassword::prompt_password(format!("{label}: ")).map(zeroize::Zeroizing::new)
+        };
         let card_no = ask("Card number")?;
         let exp_year = ask("Expiry year (YY)")?;
         let exp_month = ask("Expiry month (MM)")?;
@@ -196,7 +199,7 @@ fn read_card() -> Result<CardDetails, CliError> {
             card_pw.trim(),
         )?)
     } else {
-        let mut text = String::new();
+        let mut text = zeroize::Zeroizing::new(String::new());
         stdin.lock().read_to_string(&mut text)?;
         Ok(CardDetails::from_lines(&text)?)
     }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cards::{self, Brand, CardBehaviour, Outcome};
 use crate::clock::SharedClock;
-use crate::domain::{MerchantKey, Mid};
+use crate::domain::{ExposeSecret, MerchantKey, Mid};
 use crate::gateway::nicepay::{Api, Charset, EdiType, crypto, form, limits, sign, tid};
 
 /// One successful approval, as the simulated NICEPAY remembers it.
@@ -425,7 +425,7 @@ impl SimState {
     fn issue(&mut self, mid: &Mid, key: &MerchantKey, req: &Req) -> Step<Fields> {
         let plain = crypto::decrypt(req.get("EncData"), key)
             .map_err(|e| refuse("A113", format!("EncData 복호화 실패: {e}")))?;
-        let card = card_facts(plain.expose())?;
+        let card = card_facts(plain.expose_secret())?;
         drop(plain);
         let now = self.clock.now();
         let bid = mint(
@@ -904,7 +904,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::domain::Secret;
+    use crate::domain::SecretString;
     use crate::gateway::nicepay::edi_date;
     use crate::sim::SimConfig;
 
@@ -1000,7 +1000,7 @@ mod tests {
         }
 
         fn issue_fields_for(&self, mid: &'static str, plain: &str, moid: &str) -> Pairs {
-            let enc = crypto::encrypt(&Secret::new(plain.to_owned()), &self.key(mid));
+            let enc = crypto::encrypt(&SecretString::from(plain.to_owned()), &self.key(mid));
             self.sign(
                 Api::BillkeyIssue,
                 vec![
@@ -1828,7 +1828,7 @@ mod tests {
         // EncData made with another merchant's key, or not hex at all.
         let mut fields = fx.issue_fields(CARD);
         let foreign = crypto::encrypt(
-            &Secret::new(plain(CARD, "30", "01", "", "")),
+            &SecretString::from(plain(CARD, "30", "01", "", "")),
             &fx.key(OTHER_MID),
         );
         set(&mut fields, "EncData", &foreign);
