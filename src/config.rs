@@ -100,6 +100,23 @@ struct RawRetry {
 struct RawHealth {
     file: Option<PathBuf>,
     prometheus_file: Option<PathBuf>,
+    webhook_max_age: Option<String>,
+}
+
+/// `[webhook]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    /// Refused: the signing secret belongs in a file or the environment.
+    secret: Option<String>,
+    timeout: Option<String>,
+    retry_after: Option<Vec<String>>,
+    events: Option<Vec<String>>,
+    upcoming_lead: Option<Vec<String>>,
+    keep: Option<String>,
 }
 
 /// `[log]` as written in the file.
@@ -123,6 +140,8 @@ struct RawConfig {
     #[serde(default)]
     health: RawHealth,
     #[serde(default)]
+    webhook: RawWebhook,
+    #[serde(default)]
     log: RawLog,
 }
 
@@ -133,6 +152,8 @@ pub struct HealthConfig {
     pub file: Option<PathBuf>,
     /// The same figures for node_exporter's textfile collector.
     pub prometheus_file: Option<PathBuf>,
+    /// Health is `degraded` when the oldest undelivered webhook is older than this.
+    pub webhook_max_age: Duration,
 }
 
 /// `[log]`.
@@ -219,6 +240,7 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub policy: Policy,
     pub health: HealthConfig,
+    pub webhook: WebhookConfig,
     pub log: LogConfig,
     /// Things worth telling the operator that do not stop startup (logged once tracing runs).
     pub warnings: Vec<String>,
@@ -351,9 +373,13 @@ impl Config {
         let (scheduler, policy) =
             scheduling(&raw.scheduler, &raw.retry).map_err(|(k, p)| invalid(k, p))?;
         let log = LogConfig::from_raw(&raw.log).map_err(|(k, p)| invalid(k, p))?;
+        let webhook = webhook(&raw.webhook, &env, &mut warnings).map_err(|(k, p)| invalid(k, p))?;
         let health = HealthConfig {
             file: raw.health.file,
             prometheus_file: raw.health.prometheus_file,
+            webhook_max_age: WEBHOOK_MAX_AGE
+                .read(&raw.health.webhook_max_age, defaults::WEBHOOK_MAX_AGE)
+                .map_err(|(k, p)| invalid(k, p))?,
         };
         Ok(Config {
             file: file.to_owned(),
@@ -362,6 +388,7 @@ impl Config {
             scheduler,
             policy,
             health,
+            webhook,
             log,
             warnings,
         })
@@ -413,6 +440,22 @@ pub mod defaults {
     pub const REMOVAL_MAX_INTERVAL: Duration = Duration::from_secs(6 * 3600);
     pub const THROTTLE_PAUSE: Duration = Duration::from_secs(5);
     pub const LATE_CHECK_AFTER: Duration = Duration::from_secs(24 * 3600);
+    /// `[webhook]`: one delivery try, the waits between tries (about 3 days in all), the
+    /// notice ahead of each charge, how long the outbox keeps events; `[health]`'s limit on
+    /// the oldest undelivered one.
+    pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const WEBHOOK_RETRY_AFTER: [Duration; 7] = [
+        Duration::from_secs(60),
+        Duration::from_secs(5 * 60),
+        Duration::from_secs(30 * 60),
+        Duration::from_secs(2 * 3600),
+        Duration::from_secs(6 * 3600),
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(48 * 3600),
+    ];
+    pub const UPCOMING_LEAD: [Duration; 1] = [Duration::from_secs(7 * 24 * 3600)];
+    pub const WEBHOOK_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
+    pub const WEBHOOK_MAX_AGE: Duration = Duration::from_secs(3600);
 }
 
 /// The allowed values of one duration key, inclusive.
@@ -458,6 +501,12 @@ const THROTTLE_PAUSE: Range = range("retry.throttle_pause", MS, HOUR);
 /// A late check looks for approvals that landed after "not found": never before the settle
 /// window could have passed, never later than a card's billing period.
 const LATE_CHECK_AFTER: Range = range("retry.late_check_after", SECOND, DAY.saturating_mul(400));
+const WEBHOOK_TIMEOUT: Range = range("webhook.timeout", MS, MINUTE.saturating_mul(10));
+const WEBHOOK_RETRY_AFTER: Range = range("webhook.retry_after", SECOND, DAY.saturating_mul(30));
+/// A notice ahead of a charge: a year ahead at most.
+const UPCOMING_LEAD: Range = range("webhook.upcoming_lead", SECOND, DAY.saturating_mul(366));
+const WEBHOOK_KEEP: Range = range("webhook.keep", HOUR, DAY.saturating_mul(3650));
+const WEBHOOK_MAX_AGE: Range = range("health.webhook_max_age", SECOND, DAY.saturating_mul(30));
 /// At most this many dunning waits (declined tries of one cycle).
 const MAX_RETRY_AFTER: usize = 100;
 
@@ -501,6 +550,152 @@ fn show(d: Duration) -> String {
         }
     }
     format!("{d:?}")
+}
+
+/// `[webhook]`.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Where deliveries go; `None`: events are kept in the outbox for pollers only.
+    pub url: Option<reqwest::Url>,
+    /// Required with a URL.
+    pub secret: Option<crate::webhook::WebhookSecret>,
+    pub timeout: Duration,
+    pub retry_after: Vec<Duration>,
+    /// The types delivered; `None`: all.
+    pub events: Option<Vec<crate::billing::model::WebhookKind>>,
+    pub upcoming_lead: Vec<Duration>,
+    pub keep: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            timeout: defaults::WEBHOOK_TIMEOUT,
+            retry_after: defaults::WEBHOOK_RETRY_AFTER.to_vec(),
+            events: None,
+            upcoming_lead: defaults::UPCOMING_LEAD.to_vec(),
+            keep: defaults::WEBHOOK_KEEP,
+        }
+    }
+}
+
+fn durations(
+    range: Range,
+    values: &Option<Vec<String>>,
+    default: &[Duration],
+) -> Result<Vec<Duration>, KeyProblem> {
+    let Some(values) = values else {
+        return Ok(default.to_vec());
+    };
+    if values.len() > MAX_RETRY_AFTER {
+        return Err((range.key, format!("at most {MAX_RETRY_AFTER} entries")));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            range
+                .parse(v)
+                .map_err(|p| (range.key, format!("entry {}: {p}", i + 1)))
+        })
+        .collect()
+}
+
+fn webhook(
+    raw: &RawWebhook,
+    env: &impl Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<WebhookConfig, KeyProblem> {
+    use crate::billing::model::WebhookKind;
+    use crate::webhook::WebhookSecret;
+    if raw.secret.is_some() {
+        return Err((
+            "webhook.secret",
+            "an inline secret is refused: put it in a file (secret_file) or the environment \
+             (secret_env)"
+                .into(),
+        ));
+    }
+    let url = match &raw.url {
+        None => None,
+        Some(text) => Some(crate::webhook::parse_url(text).map_err(|p| ("webhook.url", p))?),
+    };
+    let secret_text = match (&raw.secret_file, &raw.secret_env) {
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                (
+                    "webhook.secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if let Some(w) = loose_permissions(path) {
+                warnings.push(w);
+            }
+            Some(("webhook.secret_file", text))
+        }
+        (None, Some(var)) => Some((
+            "webhook.secret_env",
+            env(var).ok_or_else(|| {
+                (
+                    "webhook.secret_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+        )),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err((
+                "webhook.secret_file",
+                "set only one of secret_file, secret_env".into(),
+            ));
+        }
+    };
+    let secret = match secret_text {
+        Some((key, text)) => Some(WebhookSecret::parse(&text).map_err(|e| (key, e.problem))?),
+        None => None,
+    };
+    if url.is_some() && secret.is_none() {
+        return Err((
+            "webhook.secret_file",
+            "a webhook url needs a signing secret: set secret_file or secret_env".into(),
+        ));
+    }
+    let events = match &raw.events {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|n| {
+                    n.parse::<WebhookKind>().map_err(|_| {
+                        (
+                            "webhook.events",
+                            format!(
+                                "{n:?} is not an event type (charge.approved, \
+                                 subscription.past_due, …; see README \"Webhooks\")"
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let retry_after = durations(
+        WEBHOOK_RETRY_AFTER,
+        &raw.retry_after,
+        &defaults::WEBHOOK_RETRY_AFTER,
+    )?;
+    let upcoming_lead = durations(UPCOMING_LEAD, &raw.upcoming_lead, &defaults::UPCOMING_LEAD)?;
+    Ok(WebhookConfig {
+        url,
+        secret,
+        timeout: WEBHOOK_TIMEOUT.read(&raw.timeout, defaults::WEBHOOK_TIMEOUT)?,
+        retry_after,
+        events,
+        upcoming_lead,
+        keep: WEBHOOK_KEEP.read(&raw.keep, defaults::WEBHOOK_KEEP)?,
+    })
 }
 
 /// How long after its commit an attempt can no longer be in flight anywhere: sent by
@@ -674,8 +869,10 @@ fn secrets_in(text: &str) -> Vec<String> {
     for line in text.lines() {
         let (key, value) = line.split_once('=').unwrap_or(("", line));
         let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
-        if key == "merchant_key" || key.ends_with(".merchant_key") || key.ends_with("{merchant_key")
-        {
+        let secret_key = |name: &str| {
+            key == name || key.ends_with(&format!(".{name}")) || key.ends_with(&format!("{{{name}"))
+        };
+        if secret_key("merchant_key") || secret_key("secret") {
             value_of(value);
         }
         if line.contains('@') {

@@ -163,6 +163,7 @@ pub async fn run(
         .await
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
 
+    let webhooks = spawn_webhooks(&config, &engine)?;
     let mut total = PassReport::default();
     let health = HealthWriter::new(&config, &engine);
     // Attempts a previous run left in flight are looked up before anything else, within a
@@ -236,8 +237,59 @@ pub async fn run(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
     engine.stop();
+    // A delivery cut short is delivered again later, under the same webhook-id.
+    webhooks.abort();
     let _ = scheduler.shutdown().await;
     Ok(total)
+}
+
+/// The webhook worker: delivers what the outbox holds as soon as it is due (when a
+/// `[webhook] url` is set), and prunes the outbox after `[webhook] keep`.
+fn spawn_webhooks(
+    config: &Config,
+    engine: &Engine,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let store = engine.store().clone();
+    let clock = engine.clock();
+    let deliverer = crate::webhook::Deliverer::new(
+        store.clone(),
+        &config.webhook,
+        clock.clone(),
+        engine.settings().owner.clone(),
+    )
+    .map_err(|e| DaemonError::Client(e.to_string()))?;
+    if deliverer.is_none() {
+        tracing::info!("no [webhook] url: events stay in the outbox (nicebill webhooks list)");
+    }
+    let keep = config.webhook.keep;
+    Ok(tokio::spawn(async move {
+        let mut next_prune = clock.now();
+        loop {
+            let now = clock.now();
+            if now >= next_prune {
+                let before = now - chrono::Duration::from_std(keep).unwrap_or_default();
+                match store.prune_webhooks(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "webhook outbox pruned"),
+                    Err(e) => tracing::warn!("cannot prune the webhook outbox: {e}"),
+                }
+                next_prune = now + chrono::Duration::hours(1);
+            }
+            let pause = match &deliverer {
+                None => Duration::from_secs(60),
+                Some(d) => match d.deliver_due(false).await {
+                    // More may be due at once.
+                    Ok(report) if report.tried() > 0 => continue,
+                    Ok(_) => Duration::from_millis(500),
+                    Err(e) => {
+                        tracing::error!("webhook delivery: {e}");
+                        Duration::from_secs(5)
+                    }
+                },
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }))
 }
 
 /// Passes until nothing is due now and nothing is unresolved; waits (in real time) for

@@ -15,6 +15,7 @@ pub mod retry;
 pub mod schedule;
 pub mod sim;
 pub mod storage;
+pub mod webhook;
 
 /// Resolves on SIGINT or SIGTERM: the shutdown signal every long-running command waits for.
 pub async fn shutdown_signal() {

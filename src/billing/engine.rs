@@ -257,6 +257,11 @@ impl Engine {
         self.clock.now()
     }
 
+    /// The clock the engine runs on (the database's, in service).
+    pub fn clock(&self) -> SharedClock {
+        Arc::clone(&self.clock)
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -180,6 +180,54 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// What a webhook tells the merchant (its `type`).
+    WebhookKind {
+        ChargeApproved => "charge.approved",
+        ChargeDeclined => "charge.declined",
+        ChargeFailed => "charge.failed",
+        ChargeUnresolved => "charge.unresolved",
+        ChargeDouble => "charge.double",
+        ChargeUpcoming => "charge.upcoming",
+        SubscriptionPastDue => "subscription.past_due",
+        SubscriptionCardInvalid => "subscription.card_invalid",
+        SubscriptionEnded => "subscription.ended",
+        SubscriptionCancelled => "subscription.cancelled",
+        SubscriptionInvalid => "subscription.invalid",
+        BillkeyRemoved => "billkey.removed",
+        Ping => "ping",
+    }
+}
+
+text_enum! {
+    /// Where a webhook event stands (`webhook_outbox.state`).
+    DeliveryState {
+        /// Not delivered yet; tried again at `next_attempt_at`.
+        Pending => "pending",
+        /// A 2xx answer came.
+        Delivered => "delivered",
+        /// Every try failed; `nicebill webhooks retry` puts it back.
+        Dead => "dead",
+        /// Left out by `[webhook] events`; kept for pollers, never sent.
+        Filtered => "filtered",
+    }
+}
+
+impl EventKind {
+    /// The webhook an event of this kind is told as, if any.
+    pub fn webhook(self) -> Option<WebhookKind> {
+        Some(match self {
+            EventKind::PastDue => WebhookKind::SubscriptionPastDue,
+            EventKind::CardInvalid => WebhookKind::SubscriptionCardInvalid,
+            EventKind::Ended => WebhookKind::SubscriptionEnded,
+            EventKind::Cancelled => WebhookKind::SubscriptionCancelled,
+            EventKind::Invalid => WebhookKind::SubscriptionInvalid,
+            EventKind::DoubleCharge => WebhookKind::ChargeDouble,
+            _ => return None,
+        })
+    }
+}
+
 impl EventKind {
     /// The event of a status nicebill sets.
     pub fn of_status(status: SubscriptionStatus) -> EventKind {

@@ -248,7 +248,7 @@ pub async fn events(config: &Path, cmd: EventsCommand) -> Result<(), CliError> {
 
 // ---- plumbing ----
 
-fn load(config: &Path) -> Result<Config, CliError> {
+pub(super) fn load(config: &Path) -> Result<Config, CliError> {
     let config = Config::load(config)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -256,21 +256,21 @@ fn load(config: &Path) -> Result<Config, CliError> {
     Ok(config)
 }
 
-async fn open(config: &Config) -> Result<Store, CliError> {
+pub(super) async fn open(config: &Config) -> Result<Store, CliError> {
     Ok(daemon::open_store(config).await?)
 }
 
 /// A database failure: the operation failed (exit 1).
-fn db(e: StoreError) -> CliError {
+pub(super) fn db(e: StoreError) -> CliError {
     CliError::Daemon(DaemonError::Store(e))
 }
 
-fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+pub(super) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     emit(serde_json::to_string_pretty(value).map_err(std::io::Error::other)?)
 }
 
 /// Writes `text` and a newline to stdout; a reader that went away (`| head`) is no failure.
-fn emit(text: impl std::fmt::Display) -> Result<(), CliError> {
+pub(super) fn emit(text: impl std::fmt::Display) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
@@ -278,14 +278,14 @@ fn emit(text: impl std::fmt::Display) -> Result<(), CliError> {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub(super) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
         .set_header(header.to_vec());
     t
 }
 
-fn align_right(t: &mut Table, columns: &[usize]) {
+pub(super) fn align_right(t: &mut Table, columns: &[usize]) {
     for &i in columns {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
@@ -294,19 +294,19 @@ fn align_right(t: &mut Table, columns: &[usize]) {
 }
 
 /// A stored UTC time as local wall time in `tz`.
-fn local(t: NaiveDateTime, tz: Tz, format: &str) -> String {
+pub(super) fn local(t: NaiveDateTime, tz: Tz, format: &str) -> String {
     t.and_utc().with_timezone(&tz).format(format).to_string()
 }
 
-fn local_opt(t: Option<NaiveDateTime>, tz: Tz, format: &str) -> String {
+pub(super) fn local_opt(t: Option<NaiveDateTime>, tz: Tz, format: &str) -> String {
     t.map_or_else(|| "-".to_owned(), |t| local(t, tz, format))
 }
 
 const MINUTES: &str = "%Y-%m-%d %H:%M";
-const SECONDS: &str = "%Y-%m-%d %H:%M:%S";
+pub(super) const SECONDS: &str = "%Y-%m-%d %H:%M:%S";
 const WITH_ZONE: &str = "%Y-%m-%d %H:%M:%S %Z";
 
-fn or_dash<T: ToString>(v: Option<T>) -> String {
+pub(super) fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 

@@ -9,6 +9,7 @@ mod daemon_cmds;
 mod demo;
 mod demo_billing;
 mod ops;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ pub enum Command {
     /// List the event log.
     #[command(subcommand)]
     Events(admin::EventsCommand),
+    /// Webhook events: list, deliver now, retry dead ones, send a test ping.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Measure charging throughput, CPU and memory against the simulator.
     Bench(bench::BenchArgs),
     /// Walk through billkey issue, approval, status, refund and removal against a built-in
@@ -148,6 +152,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Subscription(cmd) => admin::subscription(&cli.config, cmd).await,
         Command::Charges(cmd) => admin::charges(&cli.config, cmd).await,
         Command::Events(cmd) => admin::events(&cli.config, cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(&cli.config, cmd).await,
         Command::Migrate => daemon_cmds::migrate(&cli.config).await,
         Command::ChargeNow(args) => daemon_cmds::charge_now(&cli.config, args).await,
         Command::CheckConfig(args) => daemon_cmds::check_config(&cli.config, args).await,

@@ -162,34 +162,59 @@ pub fn load_bids(
     c: &mut AnyConnection,
     ids: &[i64],
 ) -> Result<HashMap<i64, Option<Vec<u8>>>, StoreError> {
+    load_column(c, ids, "bid")
+}
+
+/// The `external_id` of the given subscriptions as text (bytes that are not UTF-8 shown
+/// lossily, NULL as empty).
+pub fn load_external_ids(
+    c: &mut AnyConnection,
+    ids: &[i64],
+) -> Result<HashMap<i64, String>, StoreError> {
+    Ok(load_column(c, ids, "external_id")?
+        .into_iter()
+        .map(|(id, v)| {
+            let text = v.map(|b| String::from_utf8_lossy(&b).into_owned());
+            (id, text.unwrap_or_default())
+        })
+        .collect())
+}
+
+/// One merchant column of the given subscriptions as bytes, read as [`select_raw`] reads it.
+fn load_column(
+    c: &mut AnyConnection,
+    ids: &[i64],
+    column: &'static str,
+) -> Result<HashMap<i64, Option<Vec<u8>>>, StoreError> {
     #[derive(QueryableByName)]
-    struct Bid {
+    struct Value {
         #[diesel(sql_type = BigInt)]
         id: i64,
         #[diesel(sql_type = Nullable<Binary>)]
-        bid: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
     }
+    debug_assert!(COLUMNS.contains(&column));
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(super::MAX_IDS_PER_STATEMENT) {
         if chunk.is_empty() {
             continue;
         }
-        // Ids are integers: they stand in the SQL text safely.
+        // Ids are integers and the column one of ours: they stand in the SQL text safely.
         let list = chunk
             .iter()
             .map(i64::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let column = match c {
-            AnyConnection::Sqlite(_) => "CAST(bid AS BLOB)",
-            AnyConnection::Postgres(_) => "textsend(bid::text)",
+        let expr = match c {
+            AnyConnection::Sqlite(_) => format!("CAST({column} AS BLOB)"),
+            AnyConnection::Postgres(_) => format!("textsend({column}::text)"),
         };
-        let sql = format!("SELECT id, {column} AS bid FROM subscriptions WHERE id IN ({list})");
-        let rows: Vec<Bid> = match c {
+        let sql = format!("SELECT id, {expr} AS value FROM subscriptions WHERE id IN ({list})");
+        let rows: Vec<Value> = match c {
             AnyConnection::Sqlite(c) => diesel::sql_query(sql).load(c)?,
             AnyConnection::Postgres(c) => diesel::sql_query(sql).load(c)?,
         };
-        out.extend(rows.into_iter().map(|r| (r.id, r.bid)));
+        out.extend(rows.into_iter().map(|r| (r.id, r.value)));
     }
     Ok(out)
 }

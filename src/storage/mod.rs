@@ -13,6 +13,7 @@ mod figures;
 pub mod merchant;
 pub mod models;
 mod notice;
+pub mod outbox;
 pub mod recording;
 pub mod schema;
 
@@ -536,7 +537,8 @@ fn insert_events(
         };
         diesel::insert_into(events::table).values(&row).execute(c)?;
     }
-    Ok(())
+    // The webhooks they stand for, in the same transaction.
+    outbox::for_events(c, now, evs)
 }
 
 /// Queues removal of `bid` for subscription `id` unless it is queued (or done) already.

@@ -14,7 +14,7 @@ use super::{
     AnyConnection, Bookkeeping, Event, Outcome, Reschedule, StartAttempt, Store, StoreError,
     insert_events, naive, queue_removal,
 };
-use super::{batch, merchant};
+use super::{batch, merchant, outbox};
 use crate::billing::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
 use crate::schedule::Cycle;
 
@@ -285,6 +285,16 @@ impl Store {
                     e
                 }));
             }
+            // The charges' webhooks, then those of the events (a status change after the
+            // charge that caused it), all in this transaction.
+            let told: Vec<_> = mine
+                .iter()
+                .map(|o| {
+                    let next = o.bookkeeping.as_ref().and_then(|b| b.next_charge_at);
+                    (o.charge_id, next)
+                })
+                .collect();
+            outbox::for_charges(c, now, &told)?;
             insert_events(c, now, &evs)?;
             Ok(mine.len())
         })
@@ -481,6 +491,7 @@ impl Store {
                             )
                         }],
                     )?;
+                    outbox::for_charges(c, now, &[(ChargeId(id), None)])?;
                     Ok(LateRecorded::Approved)
                 }
             }
@@ -547,6 +558,14 @@ impl Store {
                 .execute(c)?;
             if n == 1 {
                 insert_events(c, now, std::slice::from_ref(&event))?;
+                if done {
+                    let (id, bid): (i64, String) = billkey_removals::table
+                        .find(removal_id)
+                        .select((billkey_removals::subscription_id, billkey_removals::bid))
+                        .first(c)?;
+                    let item = outbox::billkey_removed(SubscriptionId(id), &bid);
+                    outbox::enqueue(c, now, vec![item])?;
+                }
             }
             Ok(n == 1)
         })

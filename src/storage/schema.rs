@@ -113,6 +113,27 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_outbox (id) {
+        id -> BigInt,
+        event_id -> Text,
+        dedupe_key -> Nullable<Text>,
+        subscription_id -> Nullable<BigInt>,
+        kind -> Text,
+        body -> Text,
+        created_at -> Timestamp,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<Timestamp>,
+        last_status -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        last_attempt_at -> Nullable<Timestamp>,
+        delivered_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(charges -> subscriptions (subscription_id));
 diesel::joinable!(billing_state -> subscriptions (subscription_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -121,5 +142,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     subscription_changes,
     charges,
     billkey_removals,
-    events
+    events,
+    webhook_outbox
 );

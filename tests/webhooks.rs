@@ -1,0 +1,579 @@
+//! Webhooks end to end, on SQLite and PostgreSQL: in-process engines on a `ManualClock`, the
+//! in-process simulator, and a receiver (hyper, here) that checks every signature with its own
+//! HMAC-SHA256 (built from `sha2`, not the `hmac` crate nicebill signs with) and the Standard
+//! Webhooks test vector.
+//!
+//! - every event type a billing run produces arrives, signed, with its fields;
+//! - a receiver that fails gets each event again, under the same `webhook-id`, on the
+//!   `retry_after` schedule; after the last try the event is dead, and `retry` brings it back;
+//! - a subscription's events arrive in order: a later one waits for an earlier one.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use diesel::prelude::*;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use nicebill::billing::engine::{Engine, EngineSettings, Hooks};
+use nicebill::billing::model::DeliveryState;
+use nicebill::billing::plan::Policy;
+use nicebill::clock::{Clock, ManualClock, SharedClock};
+use nicebill::config::WebhookConfig;
+use nicebill::gateway::nicepay::{Charset, EdiType, NicepayClient};
+use nicebill::retry::RetryPolicy;
+use nicebill::sim::{SimConfig, SimHandle};
+use nicebill::storage::schema::subscriptions;
+use nicebill::webhook::{Deliverer, WebhookSecret};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use support::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+// ---- the receiver ----
+
+/// HMAC-SHA256 from its definition (RFC 2104), independent of the `hmac` crate.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = block.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = block.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// Standard Webhooks verification: any `v1,` signature of the space-separated list matches.
+fn verify(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut signed = format!("{id}.{timestamp}.").into_bytes();
+    signed.extend_from_slice(body);
+    let want = STANDARD.encode(hmac_sha256(&key, &signed));
+    header
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|sig| sig == want)
+}
+
+#[test]
+fn the_receivers_check_agrees_with_the_specification() {
+    // The specification's vector (its Python library's `test_sign_function`).
+    assert!(verify(
+        SECRET,
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "1614265330",
+        br#"{"test": 2432232314}"#,
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    ));
+    assert!(!verify(
+        SECRET,
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "1614265331",
+        br#"{"test": 2432232314}"#,
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    ));
+    // And nicebill's signer, on a message computed here.
+    let secret = WebhookSecret::parse(SECRET).unwrap();
+    let body = br#"{"type":"ping","timestamp":"2027-01-01T00:00:00.000Z","data":{}}"#;
+    let header = secret.sign("msg_abc", 1_798_761_600, body);
+    assert!(verify(SECRET, "msg_abc", "1798761600", body, &header));
+    assert!(!verify(SECRET, "msg_abd", "1798761600", body, &header));
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    verified: bool,
+    status: u16,
+    json: Value,
+}
+
+impl Received {
+    fn kind(&self) -> &str {
+        self.json["type"].as_str().unwrap_or_default()
+    }
+    fn subscription(&self) -> i64 {
+        self.json["data"]["subscription_id"].as_i64().unwrap_or(-1)
+    }
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+    /// Statuses to answer the next requests with (then 200).
+    answers: Arc<Mutex<VecDeque<u16>>>,
+    /// Statuses to answer the next requests about one subscription with.
+    answers_for: Arc<Mutex<Vec<(i64, u16)>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = Receiver {
+            url: format!("http://{}/hooks", listener.local_addr().unwrap()),
+            ..Receiver::default()
+        };
+        let state = me.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let header = |name: &str| {
+                                req.headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            let (id, ts, sig) = (
+                                header("webhook-id"),
+                                header("webhook-timestamp"),
+                                header("webhook-signature"),
+                            );
+                            let json_type = header("content-type");
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            let about = json["data"]["subscription_id"].as_i64();
+                            let status = {
+                                let mut for_one = state.answers_for.lock().unwrap();
+                                match for_one.iter().position(|(s, _)| Some(*s) == about) {
+                                    Some(i) => for_one.remove(i).1,
+                                    None => {
+                                        state.answers.lock().unwrap().pop_front().unwrap_or(200)
+                                    }
+                                }
+                            };
+                            state.got.lock().unwrap().push(Received {
+                                verified: verify(SECRET, &id, &ts, &body, &sig)
+                                    && json_type == "application/json",
+                                id,
+                                status,
+                                json,
+                            });
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        me
+    }
+
+    fn got(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn delivered(&self) -> Vec<Received> {
+        self.got().into_iter().filter(|r| r.status == 200).collect()
+    }
+
+    fn fail_next(&self, statuses: &[u16]) {
+        self.answers.lock().unwrap().extend(statuses);
+    }
+
+    fn fail_next_about(&self, subscription: i64, statuses: &[u16]) {
+        let mut for_one = self.answers_for.lock().unwrap();
+        for_one.extend(statuses.iter().map(|s| (subscription, *s)));
+    }
+}
+
+// ---- the world ----
+
+struct World {
+    sim: SimHandle,
+    client: Arc<NicepayClient>,
+    clock: ManualClock,
+    db: TestDb,
+    receiver: Receiver,
+}
+
+impl World {
+    async fn new(db: TestDb) -> World {
+        let clock = ManualClock::new(kst("2027-03-01 10:00"));
+        let sim = SimHandle::start(SimConfig::new(([127, 0, 0, 1], 0).into()))
+            .await
+            .unwrap();
+        let s = settings(&sim.base_url(), Charset::Utf8, EdiType::Json);
+        let client = Arc::new(NicepayClient::new(s, Arc::new(clock.clone())).unwrap());
+        World {
+            sim,
+            client,
+            clock,
+            db,
+            receiver: Receiver::start().await,
+        }
+    }
+
+    fn engine(&self) -> Engine {
+        let policy = Policy {
+            retry_after: vec![Duration::from_secs(86_400)],
+            ..Policy::default()
+        };
+        let mut s = EngineSettings::new("webhooks".into(), policy, Duration::from_secs(4));
+        s.transient = RetryPolicy::new(
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+            Duration::from_millis(100),
+        );
+        s.hooks = Hooks::default();
+        let clock: SharedClock = Arc::new(self.clock.clone());
+        Engine::new(self.db.store.clone(), self.client.clone(), clock, s)
+    }
+
+    fn deliverer(&self, retry_after: Vec<Duration>) -> Deliverer {
+        let config = WebhookConfig {
+            url: Some(reqwest::Url::parse(&self.receiver.url).unwrap()),
+            secret: Some(WebhookSecret::parse(SECRET).unwrap()),
+            timeout: Duration::from_secs(5),
+            retry_after,
+            ..WebhookConfig::default()
+        };
+        Deliverer::new(
+            self.db.store.clone(),
+            &config,
+            Arc::new(self.clock.clone()),
+            "webhooks".into(),
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// A monthly subscription due five minutes ago, on a card with `number`.
+    async fn add(&self, name: &str, number: &str) -> i64 {
+        let bid = issue(&self.client, number, &format!("bk-{name}")).await;
+        let row = monthly(
+            name,
+            &bid,
+            5_000,
+            self.clock.now() - chrono::Duration::minutes(5),
+        );
+        self.db.store.insert_subscription(row).await.unwrap()
+    }
+
+    fn advance(&self, secs: i64) {
+        self.clock.advance(chrono::Duration::seconds(secs));
+    }
+}
+
+fn types_of(got: &[Received], id: i64) -> Vec<String> {
+    got.iter()
+        .filter(|r| r.subscription() == id)
+        .map(|r| r.kind().to_owned())
+        .collect()
+}
+
+// ---- every event type ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_of_a_billing_run_arrives_signed() {
+    for db in databases("webhooks_all").await {
+        let label = db.label;
+        let w = World::new(db).await;
+        let engine = w.engine();
+        let approved = w.add("ok", "9410123456780001").await;
+        let declined = w.add("poor", "9410123456780002").await;
+        let expired = w.add("expired", "9410123456780003").await;
+        let cancelled = w.add("leaving", "9410123456780011").await;
+        let bad = w.add("bad", "9410123456780012").await;
+        let ending = w.add("once", "9410123456780013").await;
+        w.db.store
+            .write(move |c| {
+                diesel::update(subscriptions::table.find(bad))
+                    .set(subscriptions::amount.eq(0))
+                    .execute(c)?;
+                diesel::update(subscriptions::table.find(ending))
+                    .set(subscriptions::max_cycles.eq(Some(1)))
+                    .execute(c)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        engine.pass().await.unwrap();
+        // The merchant cancels one; a day later dunning gives up on the declined card, and the
+        // one-cycle subscription has ended.
+        w.db.store
+            .write(move |c| {
+                Ok(diesel::update(subscriptions::table.find(cancelled))
+                    .set(subscriptions::status.eq("cancelled"))
+                    .execute(c)?)
+            })
+            .await
+            .unwrap();
+        w.advance(86_400 + 60);
+        engine.pass().await.unwrap();
+        engine.pass().await.unwrap();
+
+        let deliverer = w.deliverer(vec![Duration::from_secs(60)]);
+        let report = deliverer.drain(false).await.unwrap();
+        let got = w.receiver.got();
+        assert!(
+            got.iter().all(|r| r.verified),
+            "{label}: a signature did not verify: {got:#?}"
+        );
+        assert_eq!(report.delivered, got.len(), "{label}: {report:?}");
+        assert_eq!(types_of(&got, approved), ["charge.approved"], "{label}");
+        assert_eq!(
+            types_of(&got, declined),
+            [
+                "charge.declined",
+                "charge.declined",
+                "subscription.past_due"
+            ],
+            "{label}"
+        );
+        assert_eq!(
+            types_of(&got, expired),
+            ["charge.failed", "subscription.card_invalid"],
+            "{label}"
+        );
+        assert_eq!(
+            types_of(&got, cancelled),
+            [
+                "charge.approved",
+                "subscription.cancelled",
+                "billkey.removed"
+            ],
+            "{label}"
+        );
+        assert_eq!(types_of(&got, bad), ["subscription.invalid"], "{label}");
+        assert_eq!(
+            types_of(&got, ending),
+            ["charge.approved", "subscription.ended"],
+            "{label}"
+        );
+
+        // The fields of each kind.
+        let one = |id: i64, kind: &str| {
+            got.iter()
+                .find(|r| r.subscription() == id && r.kind() == kind)
+                .unwrap_or_else(|| panic!("{label}: no {kind} for {id}"))
+                .json
+                .clone()
+        };
+        let a = one(approved, "charge.approved");
+        assert_eq!(a["data"]["external_id"], "ok", "{label}: {a}");
+        assert_eq!(a["data"]["moid"], format!("S{approved}-C1-A1"), "{label}");
+        assert_eq!(a["data"]["amount"], 5_000, "{label}");
+        assert_eq!(a["data"]["result_code"], "3001", "{label}");
+        assert!(
+            a["data"]["tid"].as_str().is_some_and(|t| t.len() == 30),
+            "{label}: {a}"
+        );
+        assert!(
+            a["data"]["auth_code"].is_string() && a["data"]["approved_at"].is_string(),
+            "{label}: {a}"
+        );
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(a["timestamp"].as_str().unwrap()).is_ok(),
+            "{label}: {a}"
+        );
+        let d = one(declined, "charge.declined");
+        assert_eq!(d["data"]["result_code"], "3095", "{label}: {d}");
+        assert!(d["data"]["next_attempt_at"].is_string(), "{label}: {d}");
+        let f = one(expired, "charge.failed");
+        assert_eq!(f["data"]["state"], "card_invalid", "{label}: {f}");
+        let p = one(declined, "subscription.past_due");
+        assert_eq!(p["data"]["status"], "past_due", "{label}: {p}");
+        let r = one(cancelled, "billkey.removed");
+        let suffix = r["data"]["bid_suffix"].as_str().unwrap();
+        assert_eq!(suffix.chars().count(), 4, "{label}: {r}");
+        let i = one(bad, "subscription.invalid");
+        assert!(
+            i["data"]["reason"].as_str().unwrap().starts_with("amount"),
+            "{label}: {i}"
+        );
+        // Nothing is delivered twice when all went well, and ids are unique.
+        let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), got.len(), "{label}");
+        assert_eq!(deliverer.drain(true).await.unwrap().tried(), 0, "{label}");
+        w.sim.shutdown().await;
+    }
+}
+
+// ---- failing receivers ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_each_event_again_under_the_same_id() {
+    for db in databases("webhooks_retry").await {
+        let label = db.label;
+        let w = World::new(db).await;
+        let engine = w.engine();
+        let id = w.add("retry", "9410123456780021").await;
+        engine.pass().await.unwrap();
+        let deliverer = w.deliverer(vec![Duration::from_secs(60), Duration::from_secs(300)]);
+
+        // 500, then 503: tried again after 1 min, then after 5 min, then delivered.
+        w.receiver.fail_next(&[500, 503]);
+        let r = deliverer.deliver_due(false).await.unwrap();
+        assert_eq!((r.failed, r.delivered), (1, 0), "{label}: {r:?}");
+        assert_eq!(
+            deliverer.deliver_due(false).await.unwrap().tried(),
+            0,
+            "{label}: not due yet"
+        );
+        w.advance(61);
+        assert_eq!(
+            deliverer.deliver_due(false).await.unwrap().failed,
+            1,
+            "{label}"
+        );
+        w.advance(299);
+        assert_eq!(
+            deliverer.deliver_due(false).await.unwrap().tried(),
+            0,
+            "{label}"
+        );
+        w.advance(2);
+        assert_eq!(
+            deliverer.deliver_due(false).await.unwrap().delivered,
+            1,
+            "{label}"
+        );
+        let got = w.receiver.got();
+        assert_eq!(
+            got.iter().map(|r| r.status).collect::<Vec<_>>(),
+            [500, 503, 200],
+            "{label}"
+        );
+        assert!(
+            got.iter().all(|r| r.id == got[0].id && r.verified),
+            "{label}: {got:#?}"
+        );
+        assert_eq!(types_of(&got, id), ["charge.approved"; 3], "{label}");
+
+        // Failing every try: dead after the last, and `retry` puts it back.
+        let rows = w.db.store.webhooks(None, Some(id), 10).await.unwrap();
+        assert_eq!(
+            (rows[0].state.as_str(), rows[0].attempts),
+            ("delivered", 3),
+            "{label}"
+        );
+        w.db.store
+            .write(move |c| {
+                Ok(diesel::update(subscriptions::table.find(id))
+                    .set(subscriptions::status.eq("cancelled"))
+                    .execute(c)?)
+            })
+            .await
+            .unwrap();
+        engine.pass().await.unwrap();
+        w.receiver.fail_next(&[500, 500, 500]);
+        deliverer.deliver_due(false).await.unwrap();
+        w.advance(61);
+        deliverer.deliver_due(false).await.unwrap();
+        w.advance(301);
+        let r = deliverer.deliver_due(false).await.unwrap();
+        assert_eq!(r.dead, 1, "{label}: {r:?}");
+        let dead =
+            w.db.store
+                .webhooks(Some(DeliveryState::Dead), Some(id), 10)
+                .await
+                .unwrap();
+        assert_eq!(dead.len(), 1, "{label}");
+        assert_eq!(dead[0].last_status, Some(500), "{label}");
+        // Put back, the dead event goes first, then the two behind it.
+        let n =
+            w.db.store
+                .retry_webhooks(w.clock.now(), None)
+                .await
+                .unwrap();
+        assert_eq!(n, 1, "{label}");
+        let r = deliverer.drain(false).await.unwrap();
+        assert_eq!(r.delivered, 2, "{label}: {r:?}");
+        let kinds = types_of(&w.receiver.delivered(), id);
+        assert_eq!(
+            kinds,
+            [
+                "charge.approved",
+                "subscription.cancelled",
+                "billkey.removed"
+            ],
+            "{label}"
+        );
+        w.sim.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriptions_events_arrive_in_order() {
+    for db in databases("webhooks_order").await {
+        let label = db.label;
+        let w = World::new(db).await;
+        let engine = w.engine();
+        let first = w.add("first", "9410123456780031").await;
+        let other = w.add("other", "9410123456780032").await;
+        engine.pass().await.unwrap();
+        w.db.store
+            .write(move |c| {
+                Ok(diesel::update(subscriptions::table.find(first))
+                    .set(subscriptions::status.eq("cancelled"))
+                    .execute(c)?)
+            })
+            .await
+            .unwrap();
+        engine.pass().await.unwrap();
+        // The first event of `first` fails: its later events wait; `other` is not held up.
+        let deliverer = w.deliverer(vec![Duration::from_secs(60)]);
+        w.receiver.fail_next_about(first, &[500]);
+        deliverer.drain(false).await.unwrap();
+        let got = w.receiver.got();
+        let firsts: Vec<(&str, u16)> = got
+            .iter()
+            .filter(|r| r.subscription() == first)
+            .map(|r| (r.kind(), r.status))
+            .collect();
+        assert_eq!(firsts, [("charge.approved", 500)], "{label}: {got:#?}");
+        assert_eq!(types_of(&got, other), ["charge.approved"], "{label}");
+        w.advance(61);
+        deliverer.drain(false).await.unwrap();
+        assert_eq!(
+            types_of(&w.receiver.delivered(), first),
+            [
+                "charge.approved",
+                "subscription.cancelled",
+                "billkey.removed"
+            ],
+            "{label}"
+        );
+        w.sim.shutdown().await;
+    }
+}
