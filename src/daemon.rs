@@ -355,6 +355,8 @@ struct HealthWriter {
     prometheus: Option<std::path::PathBuf>,
     started_at: DateTime<Utc>,
     stale_after_secs: u64,
+    delivering_webhooks: bool,
+    webhook_max_age_secs: u64,
 }
 
 impl HealthWriter {
@@ -377,6 +379,8 @@ impl HealthWriter {
             prometheus: config.health.prometheus_file.clone(),
             started_at: engine.now(),
             stale_after_secs: (interval.as_secs() * 3).max(120),
+            delivering_webhooks: config.webhook.url.is_some(),
+            webhook_max_age_secs: config.health.webhook_max_age.as_secs(),
         }
     }
 
@@ -398,7 +402,18 @@ impl HealthWriter {
             oldest_unresolved: oldest,
             doubles: double_charges,
         } = figures;
+        let outbox = engine.store().outbox_figures().await.unwrap_or_default();
+        let webhooks = health::Webhooks {
+            delivering: self.delivering_webhooks,
+            backlog: u64::try_from(outbox.backlog).unwrap_or(0),
+            oldest_undelivered_age_secs: outbox
+                .oldest_pending_at
+                .map(|t| (now - t).num_seconds().max(0) as u64),
+            dead: u64::try_from(outbox.dead).unwrap_or(0),
+        };
         let observation = Observation {
+            webhooks: webhooks.clone(),
+            webhook_max_age_secs: self.webhook_max_age_secs,
             database_error: database_error.clone(),
             gateway_failures: stats.gateway_failures_in_a_row.load(Ordering::Relaxed),
             due_backlog,
@@ -431,6 +446,7 @@ impl HealthWriter {
             in_flight,
             oldest_unresolved_age_secs: observation.oldest_unresolved_age_secs,
             double_charges: observation.double_charges,
+            webhooks,
             counters: health::Counters::from_stats(stats),
         };
         let write = |path: &std::path::Path, content: Vec<u8>| {

@@ -87,7 +87,22 @@ pub struct Health {
     /// Cycles found charged twice (`nicebill charges doubles`); degraded while any exist.
     #[serde(default)]
     pub double_charges: u64,
+    /// The webhook outbox.
+    #[serde(default)]
+    pub webhooks: Webhooks,
     pub counters: Counters,
+}
+
+/// The webhook outbox in the health file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhooks {
+    /// Whether a `[webhook] url` is set (without one, events wait for pollers).
+    pub delivering: bool,
+    /// Events not delivered yet.
+    pub backlog: u64,
+    pub oldest_undelivered_age_secs: Option<u64>,
+    /// Events every try failed for (`nicebill webhooks retry --dead`).
+    pub dead: u64,
 }
 
 /// Thresholds that turn figures into a status.
@@ -103,6 +118,9 @@ pub struct Observation {
     pub in_flight: u64,
     pub oldest_unresolved_age_secs: Option<u64>,
     pub double_charges: u64,
+    pub webhooks: Webhooks,
+    /// `[health] webhook_max_age`, in seconds.
+    pub webhook_max_age_secs: u64,
 }
 
 /// Decides the status: the database down is failing; the gateway failing repeatedly or an
@@ -133,6 +151,25 @@ pub fn assess(o: &Observation) -> (Status, String) {
             Status::Degraded,
             format!("an attempt has been unresolved for {age} s"),
         );
+    }
+    if o.webhooks.delivering {
+        if o.webhooks.dead > 0 {
+            return (
+                Status::Degraded,
+                format!(
+                    "{} webhook event(s) dead; see `nicebill webhooks list --state dead`",
+                    o.webhooks.dead
+                ),
+            );
+        }
+        if let Some(age) = o.webhooks.oldest_undelivered_age_secs
+            && age > o.webhook_max_age_secs
+        {
+            return (
+                Status::Degraded,
+                format!("a webhook event has waited {age} s for delivery"),
+            );
+        }
     }
     (Status::Ok, "ok".into())
 }
@@ -226,6 +263,27 @@ pub fn prometheus(h: &Health) -> String {
         "Cycles found charged twice (refund one of each; `nicebill charges doubles`).",
         "gauge",
         h.double_charges.to_string(),
+    );
+    metric(
+        "webhook_backlog",
+        "Webhook events not delivered yet.",
+        "gauge",
+        h.webhooks.backlog.to_string(),
+    );
+    metric(
+        "webhook_oldest_undelivered_age_seconds",
+        "Age of the oldest undelivered webhook event (0 when none).",
+        "gauge",
+        h.webhooks
+            .oldest_undelivered_age_secs
+            .unwrap_or(0)
+            .to_string(),
+    );
+    metric(
+        "webhook_dead",
+        "Webhook events every try failed for.",
+        "gauge",
+        h.webhooks.dead.to_string(),
     );
     metric(
         "oldest_unresolved_age_seconds",
@@ -326,6 +384,7 @@ mod tests {
             in_flight: 0,
             oldest_unresolved_age_secs: None,
             double_charges: 0,
+            webhooks: Webhooks::default(),
             counters: Counters::default(),
         }
     }
@@ -339,9 +398,49 @@ mod tests {
             in_flight: 0,
             oldest_unresolved_age_secs: None,
             double_charges: 0,
+            webhooks: Webhooks::default(),
+            webhook_max_age_secs: 3600,
+        };
+        let delivering = |backlog, age, dead| Webhooks {
+            delivering: true,
+            backlog,
+            oldest_undelivered_age_secs: age,
+            dead,
         };
         let cases = [
             (base.clone(), Status::Ok),
+            (
+                Observation {
+                    webhooks: delivering(5, Some(3600), 0),
+                    ..base.clone()
+                },
+                Status::Ok,
+            ),
+            (
+                Observation {
+                    webhooks: delivering(5, Some(3601), 0),
+                    ..base.clone()
+                },
+                Status::Degraded,
+            ),
+            (
+                Observation {
+                    webhooks: delivering(0, None, 1),
+                    ..base.clone()
+                },
+                Status::Degraded,
+            ),
+            // Without a URL, events wait for pollers: nothing to worry about.
+            (
+                Observation {
+                    webhooks: Webhooks {
+                        delivering: false,
+                        ..delivering(500, Some(86_400), 0)
+                    },
+                    ..base.clone()
+                },
+                Status::Ok,
+            ),
             (
                 Observation {
                     double_charges: 1,

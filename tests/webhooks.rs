@@ -131,7 +131,11 @@ struct Receiver {
 
 impl Receiver {
     async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn start_on(addr: &str) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let me = Receiver {
             url: format!("http://{}/hooks", listener.local_addr().unwrap()),
             ..Receiver::default()
@@ -575,5 +579,236 @@ async fn a_subscriptions_events_arrive_in_order() {
             "{label}"
         );
         w.sim.shutdown().await;
+    }
+}
+
+// ---- several deliverers, one database ----
+
+/// Three deliverers (three instances) share one outbox: every event is delivered, none by two
+/// at once (the receiver answers slowly, so claims overlap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_deliver_each_event_once() {
+    for db in databases("webhooks_three").await {
+        let label = db.label;
+        let w = World::new(db).await;
+        let engine = w.engine();
+        let mut ids = Vec::new();
+        for i in 0..30 {
+            ids.push(w.add(&format!("three-{i}"), "9410123456780041").await);
+        }
+        engine.pass().await.unwrap();
+        let deliverers: Vec<Deliverer> = (0..3)
+            .map(|i| {
+                let config = WebhookConfig {
+                    url: Some(reqwest::Url::parse(&w.receiver.url).unwrap()),
+                    secret: Some(WebhookSecret::parse(SECRET).unwrap()),
+                    ..WebhookConfig::default()
+                };
+                Deliverer::new(
+                    w.db.store.clone(),
+                    &config,
+                    Arc::new(w.clock.clone()),
+                    format!("instance-{i}"),
+                )
+                .unwrap()
+                .unwrap()
+            })
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for d in deliverers {
+            tasks.spawn(async move { d.drain(false).await.unwrap() });
+        }
+        let mut per_instance = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            per_instance.push(r.unwrap().delivered);
+        }
+        let got = w.receiver.got();
+        let mut seen: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+        seen.sort_unstable();
+        let before = seen.len();
+        seen.dedup();
+        assert_eq!(before, seen.len(), "{label}: an event was delivered twice");
+        assert_eq!(
+            per_instance.iter().sum::<usize>(),
+            ids.len(),
+            "{label}: {per_instance:?}"
+        );
+        for id in &ids {
+            assert_eq!(types_of(&got, *id), ["charge.approved"], "{label}");
+        }
+        eprintln!("{label}: deliveries per instance {per_instance:?}");
+        w.sim.shutdown().await;
+    }
+}
+
+// ---- the daemon: SIGKILLed between the changes and their delivery ----
+
+fn nicebill() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nicebill"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// The daemon charges while the receiver is down and is SIGKILLed; the events wait in the
+/// outbox. Restarted with the receiver up, it delivers every one, signed; the health file
+/// shows the outbox meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_before_a_sigkill_are_delivered_after_the_restart() {
+    for db in databases("webhooks_daemon").await {
+        let label = db.label;
+        let sim = SimHandle::start(SimConfig::new(([127, 0, 0, 1], 0).into()))
+            .await
+            .unwrap();
+        let client = NicepayClient::new(
+            settings(&sim.base_url(), Charset::Utf8, EdiType::Json),
+            Arc::new(nicebill::clock::SystemClock),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // A port nobody listens on yet.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let key = dir.path().join("merchant.key");
+        std::fs::write(&key, KEY).unwrap();
+        let secret = dir.path().join("webhook.secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        let health = dir.path().join("health.json");
+        let config = dir.path().join("nicebill.toml");
+        let private = |path: &std::path::Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        private(&key);
+        private(&secret);
+        std::fs::write(
+            &config,
+            format!(
+                r#"[nicepay]
+mid = "nictest04m"
+merchant_key_file = "{key}"
+base_url = "{sim}"
+connect_timeout = "1s"
+read_timeout = "1s"
+
+[database]
+url = "{db}"
+
+[scheduler]
+tick = "* * * * * *"
+settle_margin = "1s"
+lease = "2s"
+
+[health]
+file = "{health}"
+
+[webhook]
+url = "http://{addr}/hooks"
+secret_file = "{secret}"
+timeout = "1s"
+retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]
+"#,
+                key = key.display(),
+                sim = sim.base_url(),
+                db = db.url,
+                health = health.display(),
+                secret = secret.display(),
+            ),
+        )
+        .unwrap();
+        private(&config);
+        const N: usize = 12;
+        let anchor = chrono::Utc::now() - chrono::Duration::hours(1);
+        let mut ids = Vec::new();
+        for i in 0..N {
+            let bid = issue(&client, "9410123456780051", &format!("d-{label}-{i}")).await;
+            let row = monthly(&format!("d-{i}"), &bid, 1_000 + i as i64, anchor);
+            ids.push(db.store.insert_subscription(row).await.unwrap());
+        }
+        let mut first = Killed(
+            nicebill()
+                .args(["run", "--config"])
+                .arg(&config)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let approved = db
+                .store
+                .charges(None)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|c| c.state == "approved")
+                .count();
+            if approved == N {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: {approved} of {N} charged"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The health file tells of the backlog (a pass after the charges wrote it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let h: Option<Value> = std::fs::read(&health)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if h.as_ref()
+                .is_some_and(|h| h["webhooks"]["backlog"] == N as u64)
+            {
+                assert_eq!(h.unwrap()["webhooks"]["delivering"], true, "{label}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: health {h:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        first.0.kill().unwrap();
+        let _ = first.0.wait();
+
+        let receiver = Receiver::start_on(&addr.to_string()).await;
+        let _second = Killed(
+            nicebill()
+                .args(["run", "--config"])
+                .arg(&config)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while receiver.delivered().len() < N {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: {} of {N} delivered",
+                receiver.delivered().len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = receiver.delivered();
+        assert!(got.iter().all(|r| r.verified), "{label}: {got:#?}");
+        for id in &ids {
+            assert_eq!(types_of(&got, *id), ["charge.approved"], "{label}");
+        }
+        // Each delivery is recorded right after its answer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let pending = db
+                .store
+                .webhooks(Some(DeliveryState::Pending), None, 100)
+                .await
+                .unwrap();
+            if pending.is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{label}: {pending:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sim.shutdown().await;
     }
 }
