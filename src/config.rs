@@ -115,7 +115,6 @@ struct RawWebhook {
     timeout: Option<String>,
     retry_after: Option<Vec<String>>,
     events: Option<Vec<String>>,
-    upcoming_lead: Option<Vec<String>>,
     keep: Option<String>,
 }
 
@@ -440,9 +439,8 @@ pub mod defaults {
     pub const REMOVAL_MAX_INTERVAL: Duration = Duration::from_secs(6 * 3600);
     pub const THROTTLE_PAUSE: Duration = Duration::from_secs(5);
     pub const LATE_CHECK_AFTER: Duration = Duration::from_secs(24 * 3600);
-    /// `[webhook]`: one delivery try, the waits between tries (about 3 days in all), the
-    /// notice ahead of each charge, how long the outbox keeps events; `[health]`'s limit on
-    /// the oldest undelivered one.
+    /// `[webhook]`: one delivery try, the waits between tries (about 3 days in all), how long
+    /// the outbox keeps events; `[health]`'s limit on the oldest undelivered one.
     pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
     pub const WEBHOOK_RETRY_AFTER: [Duration; 7] = [
         Duration::from_secs(60),
@@ -453,7 +451,6 @@ pub mod defaults {
         Duration::from_secs(24 * 3600),
         Duration::from_secs(48 * 3600),
     ];
-    pub const UPCOMING_LEAD: [Duration; 1] = [Duration::from_secs(7 * 24 * 3600)];
     pub const WEBHOOK_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
     pub const WEBHOOK_MAX_AGE: Duration = Duration::from_secs(3600);
 }
@@ -503,8 +500,6 @@ const THROTTLE_PAUSE: Range = range("retry.throttle_pause", MS, HOUR);
 const LATE_CHECK_AFTER: Range = range("retry.late_check_after", SECOND, DAY.saturating_mul(400));
 const WEBHOOK_TIMEOUT: Range = range("webhook.timeout", MS, MINUTE.saturating_mul(10));
 const WEBHOOK_RETRY_AFTER: Range = range("webhook.retry_after", SECOND, DAY.saturating_mul(30));
-/// A notice ahead of a charge: a year ahead at most.
-const UPCOMING_LEAD: Range = range("webhook.upcoming_lead", SECOND, DAY.saturating_mul(366));
 const WEBHOOK_KEEP: Range = range("webhook.keep", HOUR, DAY.saturating_mul(3650));
 const WEBHOOK_MAX_AGE: Range = range("health.webhook_max_age", SECOND, DAY.saturating_mul(30));
 /// At most this many dunning waits (declined tries of one cycle).
@@ -563,7 +558,6 @@ pub struct WebhookConfig {
     pub retry_after: Vec<Duration>,
     /// The types delivered; `None`: all.
     pub events: Option<Vec<crate::billing::model::WebhookKind>>,
-    pub upcoming_lead: Vec<Duration>,
     pub keep: Duration,
 }
 
@@ -575,7 +569,6 @@ impl Default for WebhookConfig {
             timeout: defaults::WEBHOOK_TIMEOUT,
             retry_after: defaults::WEBHOOK_RETRY_AFTER.to_vec(),
             events: None,
-            upcoming_lead: defaults::UPCOMING_LEAD.to_vec(),
             keep: defaults::WEBHOOK_KEEP,
         }
     }
@@ -686,14 +679,12 @@ fn webhook(
         &raw.retry_after,
         &defaults::WEBHOOK_RETRY_AFTER,
     )?;
-    let upcoming_lead = durations(UPCOMING_LEAD, &raw.upcoming_lead, &defaults::UPCOMING_LEAD)?;
     Ok(WebhookConfig {
         url,
         secret,
         timeout: WEBHOOK_TIMEOUT.read(&raw.timeout, defaults::WEBHOOK_TIMEOUT)?,
         retry_after,
         events,
-        upcoming_lead,
         keep: WEBHOOK_KEEP.read(&raw.keep, defaults::WEBHOOK_KEEP)?,
     })
 }
@@ -1329,5 +1320,77 @@ mod tests {
         assert!(secrets.iter().any(|s| s == password), "{secrets:?}");
         assert!(secrets.iter().any(|s| s == decoded), "{secrets:?}");
         assert!(secrets_in(&cases[0]).iter().any(|s| s == KEY));
+    }
+
+    #[test]
+    fn webhook_section() {
+        let head = "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_env = \"NB_KEY\"\n";
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let env = |v: &str| match v {
+            "NB_KEY" => Some(KEY.to_owned()),
+            "WH" => Some(secret.to_owned()),
+            _ => None,
+        };
+        let parse_env = |text: &str| Config::parse(Path::new("test.toml"), text, env, Vec::new());
+        // Defaults: no URL, the documented schedule.
+        let c = parse_env(head).unwrap();
+        assert!(c.webhook.url.is_none());
+        assert_eq!(
+            c.webhook.retry_after,
+            defaults::WEBHOOK_RETRY_AFTER.to_vec()
+        );
+        assert_eq!(c.health.webhook_max_age, defaults::WEBHOOK_MAX_AGE);
+        let c = parse_env(&format!(
+            "{head}[webhook]\nurl = \"https://shop.example.com/h\"\nsecret_env = \"WH\"\nretry_after = [\"1s\"]\nevents = [\"charge.approved\"]\n"
+        ))
+        .unwrap();
+        assert!(c.webhook.url.is_some() && c.webhook.secret.is_some());
+        assert_eq!(c.webhook.retry_after, vec![Duration::from_secs(1)]);
+        for (tail, want) in [
+            (
+                format!("url = \"https://x.example\"\nsecret = \"{secret}\"\n"),
+                "webhook.secret: an inline secret is refused",
+            ),
+            (
+                "url = \"https://x.example\"\n".to_owned(),
+                "webhook.secret_file: a webhook url needs a signing secret",
+            ),
+            (
+                "url = \"http://x.example/h\"\nsecret_env = \"WH\"\n".to_owned(),
+                "webhook.url: ",
+            ),
+            (
+                "secret_env = \"NOPE\"\n".to_owned(),
+                "webhook.secret_env: environment variable NOPE is not set",
+            ),
+            (
+                "events = [\"charge.refunded\"]\n".to_owned(),
+                "webhook.events: \"charge.refunded\" is not an event type",
+            ),
+            (
+                "retry_after = [\"31d\"]\n".to_owned(),
+                "webhook.retry_after: entry 1: \"31d\" is out of range",
+            ),
+        ] {
+            let text = format!("{head}[webhook]\n{tail}");
+            let err = parse_env(&text).expect_err(&text).to_string();
+            assert!(err.contains(want), "{err} lacks {want}");
+            assert!(!err.contains("MfKQ9r8G"), "{err}");
+        }
+        // A secret file holding something else is refused, naming the key, quoting nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wh");
+        std::fs::write(&file, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+        let err = parse_env(&format!(
+            "{head}[webhook]\nsecret_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("webhook.secret_file: must start with whsec_"),
+            "{err}"
+        );
+        assert!(!err.contains("MfKQ9r8G"), "{err}");
     }
 }
