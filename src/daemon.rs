@@ -264,8 +264,21 @@ fn spawn_webhooks(
     let keep = config.webhook.keep;
     Ok(tokio::spawn(async move {
         let mut next_prune = clock.now();
+        let mut next_unresolved = clock.now();
         loop {
             let now = clock.now();
+            if now >= next_unresolved {
+                let after = Duration::from_secs(crate::health::UNRESOLVED_DEGRADED_AFTER_SECS);
+                match store.notice_unresolved(now, after).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        attempts = n,
+                        "attempts unresolved for long: charge.unresolved written"
+                    ),
+                    Err(e) => tracing::warn!("cannot look for unresolved attempts: {e}"),
+                }
+                next_unresolved = now + chrono::Duration::seconds(30);
+            }
             if now >= next_prune {
                 let before = now - chrono::Duration::from_std(keep).unwrap_or_default();
                 match store.prune_webhooks(before).await {

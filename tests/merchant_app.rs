@@ -1396,9 +1396,14 @@ async fn upgrade_story(db: OldDb) {
         sql.push_str("SELECT setval(pg_get_serial_sequence('subscriptions', 'id'), 200);");
     }
     exec(store, sql).await;
+    // Every migration since the first schema is pending (ownership first, then the webhook
+    // outbox): the upgrade below goes through all of them.
     assert_eq!(
         store.pending_migrations().await.unwrap(),
-        vec!["2026-12-04-000001_ownership".to_owned()],
+        vec![
+            "2026-12-04-000001_ownership".to_owned(),
+            "2026-12-05-000001_webhooks".to_owned()
+        ],
         "{label}: not a database of the previous main"
     );
     let ledger_before = ledger(&sim_url).await;

@@ -812,3 +812,83 @@ retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s",
         sim.shutdown().await;
     }
 }
+
+// ---- unresolved for long ----
+
+/// An attempt whose answer was lost and whose lookups fail is told once as
+/// `charge.unresolved` after the health threshold; its settled outcome follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_unresolved_for_long_is_told_once() {
+    use nicebill::gateway::nicepay::Api;
+    use nicebill::sim::{FaultMode, FaultRule};
+    for db in databases("webhooks_unresolved").await {
+        let label = db.label;
+        let w = World::new(db).await;
+        let engine = w.engine();
+        let id = w.add("lost", "9410123456780061").await;
+        w.sim.set_faults(vec![
+            FaultRule {
+                mode: FaultMode::DropAfter,
+                api: Some(Api::Approve),
+                count: Some(1),
+                probability: 1.0,
+            },
+            FaultRule {
+                mode: FaultMode::Http500,
+                api: Some(Api::Status),
+                count: None,
+                probability: 1.0,
+            },
+        ]);
+        engine.pass().await.unwrap();
+        let store = &w.db.store;
+        let threshold = Duration::from_secs(15 * 60);
+        assert_eq!(
+            store
+                .notice_unresolved(w.clock.now(), threshold)
+                .await
+                .unwrap(),
+            0,
+            "{label}: not yet"
+        );
+        w.advance(15 * 60 + 1);
+        assert_eq!(
+            store
+                .notice_unresolved(w.clock.now(), threshold)
+                .await
+                .unwrap(),
+            1,
+            "{label}"
+        );
+        assert_eq!(
+            store
+                .notice_unresolved(w.clock.now(), threshold)
+                .await
+                .unwrap(),
+            0,
+            "{label}: once"
+        );
+        let deliverer = w.deliverer(vec![Duration::from_secs(60)]);
+        deliverer.drain(false).await.unwrap();
+        let got = w.receiver.delivered();
+        assert_eq!(types_of(&got, id), ["charge.unresolved"], "{label}");
+        let u = &got[0].json["data"];
+        assert_eq!(u["moid"], format!("S{id}-C1-A1"), "{label}: {u}");
+        assert!(
+            u["since"].is_string() && u["tid"].is_string(),
+            "{label}: {u}"
+        );
+
+        // Lookups work again: the attempt is found approved, and that is told next.
+        w.sim.set_faults(vec![]);
+        w.advance(3600);
+        engine.pass().await.unwrap();
+        deliverer.drain(false).await.unwrap();
+        assert_eq!(
+            types_of(&w.receiver.delivered(), id),
+            ["charge.unresolved", "charge.approved"],
+            "{label}"
+        );
+        w.sim.shutdown().await;
+    }
+}

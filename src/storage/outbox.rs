@@ -534,6 +534,55 @@ impl super::Store {
         .await
     }
 
+    /// `charge.unresolved` for every attempt still unsettled `after` its commit (once per
+    /// attempt). Returns how many were written.
+    pub async fn notice_unresolved(
+        &self,
+        now: DateTime<Utc>,
+        after: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let now_n = super::naive(now);
+        let cutoff = super::naive(now - chrono::Duration::from_std(after).unwrap_or_default());
+        self.write(move |c| {
+            let rows: Vec<ChargeRow> = charges::table
+                .filter(charges::state.eq_any(ChargeState::UNRESOLVED))
+                .filter(charges::created_at.le(cutoff))
+                .select(ChargeRow::as_select())
+                .load(c)?;
+            let keys: Vec<String> = rows
+                .iter()
+                .map(|r| format!("{}:{}", WebhookKind::ChargeUnresolved.as_str(), r.id))
+                .collect();
+            let mut told: std::collections::HashSet<String> = std::collections::HashSet::new();
+            for chunk in keys.chunks(super::MAX_IDS_PER_STATEMENT) {
+                let found: Vec<Option<String>> = webhook_outbox::table
+                    .filter(webhook_outbox::dedupe_key.eq_any(chunk))
+                    .select(webhook_outbox::dedupe_key)
+                    .load(c)?;
+                told.extend(found.into_iter().flatten());
+            }
+            let items: Vec<Item> = rows
+                .iter()
+                .zip(keys)
+                .filter(|(_, key)| !told.contains(key))
+                .map(|(r, key)| {
+                    let mut data = charge_data(r);
+                    data.insert("since".into(), json!(rfc3339(r.created_at.and_utc())));
+                    Item {
+                        kind: WebhookKind::ChargeUnresolved,
+                        subscription_id: Some(SubscriptionId(r.subscription_id)),
+                        dedupe_key: Some(key),
+                        data,
+                    }
+                })
+                .collect();
+            let n = items.len();
+            enqueue(c, now_n, items)?;
+            Ok(n)
+        })
+        .await
+    }
+
     /// Backlog, oldest undelivered event and dead count.
     pub async fn outbox_figures(&self) -> Result<OutboxFigures, StoreError> {
         self.run(|c| {
