@@ -304,9 +304,35 @@ fn the_demo_runs_and_its_ledger_agrees() {
         assert!(stdout.contains(name), "demo output lacks {name}:\n{stdout}");
     }
     assert!(stdout.contains("Jan 31, Feb 28, Mar 31"), "{stdout}");
-    let out = bin().args(["demo", "--protocol"]).output().unwrap();
+    // The story, not the log: no INFO line unless `--verbose`.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("INFO"), "demo logs INFO lines:\n{stderr}");
+    let out = bin()
+        .args(["demo", "--months", "1", "--verbose"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("refund (signature verified)"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("INFO"),
+        "demo --verbose logs no INFO line:\n{stderr}"
+    );
+    for verbose in [false, true] {
+        let mut cmd = bin();
+        cmd.args(["demo", "--protocol"]);
+        if verbose {
+            cmd.arg("--verbose");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("refund (signature verified)"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("INFO"),
+            verbose,
+            "demo --protocol (verbose: {verbose}):\n{stderr}"
+        );
+    }
 }
 
 /// The benchmark command works end to end (its figures are not judged here: timing belongs to
