@@ -736,7 +736,7 @@ fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy
             )
         })?;
     if tick_cron
-        .find_next_occurrence(&chrono::Utc::now(), false)
+        .find_next_occurrence(&crate::clock::Clock::now(&crate::clock::SystemClock), false)
         .is_err()
     {
         return Err(("scheduler.tick", format!("{tick:?} never fires")));

@@ -7,7 +7,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = nicebill::cli::Cli::parse();
-    init_logging(&nicebill::config::LogConfig::peek(&cli.config));
+    let mut log = nicebill::config::LogConfig::peek(&cli.config);
+    if let Some(level) = cli.log_level_override() {
+        log.level = level.into();
+    }
+    init_logging(&log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

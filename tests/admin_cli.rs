@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -51,22 +50,10 @@ async fn envs(test: &str) -> Vec<Env> {
 }
 
 fn write_config(dir: &Path, db_url: &str) -> PathBuf {
-    let private = std::fs::Permissions::from_mode(0o600);
-    let key = dir.join("merchant.key");
-    std::fs::write(&key, KEY).unwrap();
-    std::fs::set_permissions(&key, private.clone()).unwrap();
-    let config = dir.join("nicebill.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_file = \"{}\"\nbase_url = \"http://127.0.0.1:9\"\n\n\
-             [database]\nurl = \"{db_url}\"\n\n[scheduler]\ntimezone = \"Asia/Seoul\"\n",
-            key.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, private).unwrap();
-    config
+    ConfigFile::new("http://127.0.0.1:9")
+        .database(db_url)
+        .sections("[scheduler]\ntimezone = \"Asia/Seoul\"\n")
+        .write(dir)
 }
 
 struct Out {

@@ -961,23 +961,11 @@ fn random_values_in_one_row_never_stop_the_good_rows() {
 // ---- 4. the reproduced case, against the real binary ---------------------------------------
 
 fn write_config(dir: &Path, sim_url: &str, db_url: &str, batch: i64) -> std::path::PathBuf {
-    let key = dir.join("merchant.key");
-    std::fs::write(&key, KEY).unwrap();
-    let config = dir.join("nicebill.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[nicepay]
-mid = "nictest04m"
-merchant_key_file = "{key}"
-base_url = "{sim_url}"
-connect_timeout = "2s"
-read_timeout = "2s"
-
-[database]
-url = "{db_url}"
-
-[scheduler]
+    ConfigFile::new(sim_url)
+        .nicepay("connect_timeout = \"2s\"\nread_timeout = \"2s\"\n")
+        .database(db_url)
+        .sections(&format!(
+            r#"[scheduler]
 tick = "* * * * * *"
 concurrency = 16
 batch = {batch}
@@ -991,12 +979,9 @@ transient_max_elapsed = "1s"
 [log]
 format = "json"
 level = "info"
-"#,
-            key = key.display()
-        ),
-    )
-    .unwrap();
-    config
+"#
+        ))
+        .write(dir)
 }
 
 fn run_once(config: &Path) -> std::process::Output {
@@ -1007,30 +992,12 @@ fn run_once(config: &Path) -> std::process::Output {
         .unwrap()
 }
 
-async fn sim_ledger(sim_url: &str) -> Vec<LedgerEntry> {
-    let body = reqwest::get(format!("{sim_url}/_sim/ledger"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
-
-fn sim_client(sim_url: &str) -> NicepayClient {
-    NicepayClient::new(
-        settings(sim_url, Charset::EucKr, EdiType::Json),
-        Arc::new(nicebill::clock::SystemClock),
-    )
-    .unwrap()
-}
-
 /// A billkey from the simulator process, once the wall clock has left the second it was
 /// issued in. The simulator mints the registration's TID in the billing format (MID, 0116,
 /// the second, 4 digits) and remembers it: an approval TID the daemon mints in that same
 /// second may collide with it (A225, then a lookup and a second attempt A2).
 async fn billkey(sim_url: &str, moid: &str) -> Bid {
-    let bid = issue(&sim_client(sim_url), "9410123456780000", moid).await;
+    let bid = issue(&client_at(sim_url), "9410123456780000", moid).await;
     let issued = Utc::now().timestamp();
     while Utc::now().timestamp() == issued {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1067,7 +1034,7 @@ async fn the_reproduced_date_only_anchor_no_longer_stops_billing() {
         let out = run_once(&config);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{label}: run --once failed: {stderr}");
-        let ledger = by_subscription(sim_ledger(&sim_url).await);
+        let ledger = by_subscription(ledger(&sim_url).await);
         let charged: Vec<(i64, Vec<String>)> = ledger
             .iter()
             .map(|(id, v)| (*id, v.iter().map(|e| e.moid.clone()).collect()))
@@ -1187,7 +1154,7 @@ async fn the_binary_with_batch_10000_charges_every_due_row() {
             "{label}: run --once: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_each_charged_once(label, sim_ledger(&sim_url).await, n);
+        assert_each_charged_once(label, ledger(&sim_url).await, n);
     }
 }
 

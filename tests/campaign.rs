@@ -17,775 +17,25 @@
 //! NICEBILL_CAMPAIGN=full cargo test --release --test campaign -- --nocapture
 //! ```
 //!
-//! `tests/pg_restart.rs` (PostgreSQL restarted under a running daemon) includes this file for
-//! its helpers. It defines its own `crate::campaign_case` as an attribute that makes no test,
-//! so the cases below only run in this binary.
+//! The scale, the daemon configuration and the verdict are in `tests/support/campaign.rs`,
+//! which `tests/pg_restart.rs` (PostgreSQL restarted under a running daemon) shares.
 
-pub mod support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use nicebill::domain::{Bid, CardDetails, Moid};
-use nicebill::gateway::nicepay::{Buyer, Charset, EdiType, IssueRequest, NicepayClient};
-use nicebill::sim::{LedgerEntry, LedgerState, RemovalEntry};
+use nicebill::domain::Bid;
+use nicebill::sim::RemovalEntry;
 use nicebill::storage::models::NewSubscription;
 use nicebill::storage::{AnyConnection, Store};
 use rand::{Rng, SeedableRng};
+use support::campaign::*;
+use support::process::*;
+use support::sim_api::*;
 use support::{KEY, TestDb};
-
-/// The test attribute of the cases below (see the module documentation).
-#[allow(unused_imports)]
-pub(crate) use tokio::test as campaign_case;
-
-// ---------------------------------------------------------------------------------------------
-// Scale
-
-/// How big the campaign is: small by default, full with `NICEBILL_CAMPAIGN=full`.
-#[derive(Clone, Debug)]
-pub struct Scale {
-    pub full: bool,
-    /// Case a: subscriptions due when the gateway goes down, and how long it stays down.
-    pub outage_subscriptions: usize,
-    pub outage: Duration,
-    /// Case b: charges, SIGKILLs, and the range of the random time before each kill (ms).
-    pub kill_charges: usize,
-    pub kills: usize,
-    pub kill_after_ms: (u64, u64),
-    /// Case c: charges shared by three instances.
-    pub instance_charges: usize,
-    /// `tests/pg_restart.rs`: subscriptions due when PostgreSQL restarts.
-    pub restart_charges: usize,
-    /// Case e: subscriptions at the start, merchant writes, the pause between writes (ms),
-    /// and at least this many SIGKILLs while the merchant writes.
-    pub merchant_subscriptions: usize,
-    pub merchant_writes: usize,
-    pub merchant_pace_ms: u64,
-    pub merchant_kills: usize,
-    /// The longest any wait for the backlog may take before the case fails.
-    pub patience: Duration,
-}
-
-impl Scale {
-    pub fn from_env() -> Scale {
-        let full = std::env::var("NICEBILL_CAMPAIGN").is_ok_and(|v| v == "full");
-        let scale = if full {
-            Scale {
-                full,
-                outage_subscriptions: 2_000,
-                outage: Duration::from_secs(60),
-                kill_charges: 2_000,
-                kills: 25,
-                kill_after_ms: (500, 2_500),
-                instance_charges: 5_000,
-                restart_charges: 3_000,
-                merchant_subscriptions: 300,
-                merchant_writes: 2_000,
-                merchant_pace_ms: 30,
-                merchant_kills: 25,
-                patience: Duration::from_secs(900),
-            }
-        } else {
-            Scale {
-                full,
-                outage_subscriptions: 200,
-                outage: Duration::from_secs(5),
-                kill_charges: 150,
-                kills: 8,
-                kill_after_ms: (300, 1_500),
-                instance_charges: 300,
-                restart_charges: 300,
-                merchant_subscriptions: 40,
-                merchant_writes: 200,
-                merchant_pace_ms: 30,
-                merchant_kills: 5,
-                patience: Duration::from_secs(120),
-            }
-        };
-        eprintln!(
-            "campaign scale: {} (NICEBILL_CAMPAIGN=full for the full one)",
-            if full { "full" } else { "small" }
-        );
-        scale
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-
-/// A child process, SIGKILLed and reaped when dropped.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether the process is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// SIGKILL, and wait for it to be gone.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then its exit status (SIGKILLed after `patience`).
-    pub async fn terminate(mut self, patience: Duration) -> ExitStatus {
-        let term = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success(), "kill -TERM {}", self.name);
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {patience:?} of SIGTERM",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The binary with `RUST_LOG` set and nothing inherited that would change its behaviour.
-pub fn bin(rust_log: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nicebill"));
-    cmd.env("RUST_LOG", rust_log)
-        .env("NO_COLOR", "1")
-        .env_remove("NICEBILL_CONFIG")
-        .env_remove("JOURNAL_STREAM");
-    cmd
-}
-
-fn log_file(path: &Path) -> Stdio {
-    Stdio::from(std::fs::File::create(path).unwrap())
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `nicebill sim` on `listen` (logging at debug into `log`, if given); returns it and
-/// its base URL, or `None` when it did not come up (the port was taken, say).
-pub fn try_start_sim(
-    listen: &str,
-    latency_ms: u64,
-    faults: &[&str],
-    log: Option<&Path>,
-) -> Option<(Proc, String)> {
-    let mut cmd = bin(if log.is_some() { "debug" } else { "warn" });
-    cmd.args([
-        "sim",
-        "--listen",
-        listen,
-        "--seed",
-        "7",
-        "--latency-ms",
-        &latency_ms.to_string(),
-    ]);
-    for f in faults {
-        cmd.args(["--fault", f]);
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(log.map_or_else(Stdio::null, log_file))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let proc = Proc {
-        name: format!("nicebill sim {listen}"),
-        child,
-    };
-    let url = line.trim().rsplit(' ').next()?.to_owned();
-    url.starts_with("http://127.0.0.1:").then_some((proc, url))
-}
-
-/// Starts `nicebill sim` on a free loopback port.
-pub fn start_sim(latency_ms: u64, faults: &[&str], log: Option<&Path>) -> (Proc, String) {
-    for _ in 0..5 {
-        let listen = format!("127.0.0.1:{}", free_port());
-        if let Some(started) = try_start_sim(&listen, latency_ms, faults, log) {
-            return started;
-        }
-    }
-    panic!("nicebill sim did not start");
-}
-
-/// Starts `nicebill run` (with `args`, e.g. `--once`) logging into `log`.
-pub fn spawn_run(config: &Path, log: &Path, rust_log: &str, name: &str) -> Proc {
-    let child = bin(rust_log)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log_file(log))
-        .spawn()
-        .unwrap();
-    Proc {
-        name: name.into(),
-        child,
-    }
-}
-
-/// Writes a daemon configuration named `name` into `dir`: timeouts and settle times as short
-/// as the crash tests use, a pass every second, a health file `{name}-health.json`.
-pub fn write_config(
-    dir: &Path,
-    name: &str,
-    sim_url: &str,
-    db_url: &str,
-    concurrency: usize,
-    json_logs: bool,
-) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let key = dir.join("merchant.key");
-    std::fs::write(&key, KEY).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"[nicepay]
-mid = "nictest04m"
-merchant_key_file = "{key}"
-base_url = "{sim_url}"
-connect_timeout = "1s"
-read_timeout = "1s"
-
-[database]
-url = "{db_url}"
-
-[scheduler]
-tick = "* * * * * *"
-concurrency = {concurrency}
-batch = {concurrency}
-settle_margin = "1s"
-lease = "2s"
-
-[retry]
-resend_after = "1s"
-transient_max_elapsed = "2s"
-lookup_max_interval = "2s"
-
-[health]
-file = "{health}"
-prometheus_file = "{prom}"
-
-[log]
-format = "{format}"
-level = "info"
-"#,
-            key = key.display(),
-            health = health_path(&config).display(),
-            prom = dir.join(format!("{name}.prom")).display(),
-            format = if json_logs { "json" } else { "text" },
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-    config
-}
-
-/// The health file `write_config` configured next to `config`.
-pub fn health_path(config: &Path) -> PathBuf {
-    let name = config.file_stem().unwrap().to_string_lossy();
-    config.with_file_name(format!("{name}-health.json"))
-}
-
-/// The `status` the health file says, if it can be read.
-pub fn health_status(config: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(health_path(config)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(v["status"].as_str()?.to_owned())
-}
-
-/// `nicebill health`: its exit code and output.
-pub fn health_command(config: &Path) -> (Option<i32>, String) {
-    let out = bin("warn")
-        .args(["health", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The simulator's control endpoints
-
-pub async fn ledger(sim_url: &str) -> Vec<LedgerEntry> {
-    let body = reqwest::get(format!("{sim_url}/_sim/ledger"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
-
-/// Every billkey removal the simulator carried out.
-pub async fn removals(sim_url: &str) -> Vec<RemovalEntry> {
-    let body = reqwest::get(format!("{sim_url}/_sim/removals"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
-
-/// Replaces the simulator's fault rules (a JSON array of `{"mode", "api", …}`).
-pub async fn set_faults(sim_url: &str, rules: &str) {
-    let response = reqwest::Client::new()
-        .post(format!("{sim_url}/_sim/faults"))
-        .body(rules.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{rules}: {response:?}");
-}
-
-/// Ledgers of two simulator lifetimes, as one: each TID once (TIDs are unique, so a TID in
-/// both must be the same approval).
-pub fn union_ledgers(before: Vec<LedgerEntry>, after: Vec<LedgerEntry>) -> Vec<LedgerEntry> {
-    let mut seen: HashMap<String, LedgerEntry> = HashMap::new();
-    let mut all = Vec::new();
-    for entry in before.into_iter().chain(after) {
-        match seen.get(&entry.tid) {
-            Some(prior) => assert_eq!(prior, &entry, "TID {} differs", entry.tid),
-            None => {
-                seen.insert(entry.tid.clone(), entry.clone());
-                all.push(entry);
-            }
-        }
-    }
-    all
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cards, billkeys, subscriptions
-
-/// The IDNo (a business number) every campaign card is issued with: the secret scan looks
-/// for it.
-pub const ID_NO: &str = "2148673091";
-
-/// Distinct 16-digit card numbers that the simulator approves (none ends in 0002…0005).
-pub fn card_numbers(series: u32, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("9{series:03}{i:08}7391")).collect()
-}
-
-pub fn client_at(url: &str) -> Arc<NicepayClient> {
-    Arc::new(
-        NicepayClient::new(
-            support::settings(url, Charset::EucKr, EdiType::Json),
-            Arc::new(nicebill::clock::SystemClock),
-        )
-        .unwrap(),
-    )
-}
-
-/// Issues a billkey per card, 16 at a time, in-process.
-pub async fn issue_billkeys(client: &Arc<NicepayClient>, cards: &[String], tag: &str) -> Vec<Bid> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, number) in cards.iter().enumerate() {
-        let client = Arc::clone(client);
-        let permits = Arc::clone(&permits);
-        let number = number.clone();
-        let moid = format!("bk-{tag}-{i}");
-        tasks.spawn(async move {
-            let _permit = permits.acquire().await.unwrap();
-            let reply = client
-                .issue_billkey(&IssueRequest {
-                    moid: Moid::new(moid).unwrap(),
-                    card: CardDetails::new(&number, "30", "01", ID_NO, "37").unwrap(),
-                    buyer: Buyer::default(),
-                })
-                .await
-                .expect("billkey issue answered");
-            assert_eq!(reply.result_code, "F100", "{}", reply.result_msg);
-            (i, reply.data.expect("F100 carries a BID").bid)
-        });
-    }
-    let mut bids: Vec<Option<Bid>> = vec![None; cards.len()];
-    while let Some(done) = tasks.join_next().await {
-        let (i, bid) = done.unwrap();
-        bids[i] = Some(bid);
-    }
-    bids.into_iter().map(Option::unwrap).collect()
-}
-
-/// Issues billkeys with `nicebill billkey issue` (card details on stdin, logs at debug into
-/// `dir/cli-issue-{tag}-{i}.log`), all at once.
-pub fn issue_billkeys_cli(config: &Path, cards: &[String], tag: &str, dir: &Path) -> Vec<Bid> {
-    let children: Vec<Child> = cards
-        .iter()
-        .enumerate()
-        .map(|(i, number)| {
-            let mut child = bin("debug")
-                .args(["billkey", "issue", "--moid", &format!("cli-{tag}-{i}")])
-                .arg("--config")
-                .arg(config)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(log_file(&dir.join(format!("cli-issue-{tag}-{i}.log"))))
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            write!(
-                stdin,
-                "CardNo={number}\nExpYear=30\nExpMonth=01\nIDNo={ID_NO}\nCardPw=37\n"
-            )
-            .unwrap();
-            drop(stdin);
-            child
-        })
-        .collect();
-    children
-        .into_iter()
-        .map(|child| {
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "billkey issue: {:?}", out.status);
-            Bid::new(String::from_utf8(out.stdout).unwrap().trim().to_owned()).unwrap()
-        })
-        .collect()
-}
-
-/// Monthly subscriptions due an hour ago, one per billkey, inserted in one transaction (so a
-/// running daemon sees all of them at once); returns their ids.
-pub async fn insert_due(store: &Store, tag: &str, bids: &[Bid]) -> Vec<i64> {
-    use nicebill::storage::schema::subscriptions;
-    let anchor = chrono::Utc::now() - chrono::Duration::hours(1);
-    let rows: Vec<NewSubscription> = bids
-        .iter()
-        .enumerate()
-        .map(|(i, bid)| support::monthly(&format!("{tag}-{i}"), bid, 1_000 + i as i64, anchor))
-        .collect();
-    store
-        .write(move |c| {
-            let mut ids = Vec::with_capacity(rows.len());
-            for row in &rows {
-                ids.push(
-                    diesel::insert_into(subscriptions::table)
-                        .values(row)
-                        .returning(subscriptions::id)
-                        .get_result::<i64>(c)?,
-                );
-            }
-            Ok(ids)
-        })
-        .await
-        .unwrap()
-}
-
-/// Approved charges in the database.
-pub async fn approved_count(store: &Store) -> usize {
-    use nicebill::storage::schema::charges;
-    store
-        .run(|c| {
-            Ok(charges::table
-                .filter(charges::state.eq("approved"))
-                .count()
-                .get_result::<i64>(c)?)
-        })
-        .await
-        .unwrap() as usize
-}
-
-/// Waits until `n` charges are approved; fails after `patience`, showing what is left.
-pub async fn wait_approved(label: &str, store: &Store, n: usize, patience: Duration) {
-    let deadline = Instant::now() + patience;
-    loop {
-        let approved = approved_count(store).await;
-        if approved >= n {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let unresolved = store.unresolved().await.unwrap();
-            panic!(
-                "{label}: only {approved} of {n} charged after {patience:?}; unresolved: {:?}",
-                unresolved.iter().take(10).collect::<Vec<_>>()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The subscriptions without an approved charge, their attempts and events (for failures).
-pub async fn describe_uncharged(store: &Store) -> String {
-    let charges = store.charges(None).await.unwrap();
-    let events = store.events(None).await.unwrap();
-    let mut out = String::new();
-    let uncharged = store
-        .subscriptions()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| {
-            !charges
-                .iter()
-                .any(|c| c.subscription_id == s.id && c.state == "approved")
-        });
-    for s in uncharged.take(8) {
-        out.push_str(&format!(
-            "\n  S{} {} next_cycle {:?} next_charge_at {:?} attempts {} claimed_until {:?}",
-            s.id, s.status, s.next_cycle, s.next_charge_at, s.cycle_attempts, s.claimed_until
-        ));
-        for c in charges.iter().filter(|c| c.subscription_id == s.id) {
-            out.push_str(&format!(
-                "\n    {} {} lookups {} created {} resolved {:?} check_after {:?} {:?} {:?}",
-                c.moid,
-                c.state,
-                c.lookups,
-                c.created_at,
-                c.resolved_at,
-                c.check_after,
-                c.result_msg,
-                c.error
-            ));
-        }
-        for e in events.iter().filter(|e| e.subscription_id == Some(s.id)) {
-            out.push_str(&format!("\n    event {} {} {}", e.at, e.kind, e.detail));
-        }
-    }
-    out
-}
-
-// ---------------------------------------------------------------------------------------------
-// The verdict
-
-/// What the verdict counted, for the report.
-#[derive(Debug, Default)]
-pub struct Tally {
-    pub subscriptions: usize,
-    pub attempts: usize,
-    pub approved: usize,
-    pub looked_up: usize,
-    pub retries: usize,
-}
-
-/// `S{id}-C{cycle}-A{attempt}` → (id, cycle, attempt).
-pub fn parse_moid(moid: &str) -> Option<(i64, i32, i32)> {
-    let rest = moid.strip_prefix('S')?;
-    let (id, rest) = rest.split_once("-C")?;
-    let (cycle, attempt) = rest.split_once("-A")?;
-    Some((id.parse().ok()?, cycle.parse().ok()?, attempt.parse().ok()?))
-}
-
-/// The campaign's verdict, from the simulator's ledger (every approval NICEPAY made) and the
-/// database: no cycle charged twice, no due cycle left uncharged without a recorded reason, no
-/// attempt left unresolved, every ledger TID recorded as `approved` with its Moid and amount
-/// (and nothing recorded as approved that the gateway never approved). Panics listing every
-/// problem found.
-pub async fn verdict(label: &str, store: &Store, ledger: &[LedgerEntry]) -> Tally {
-    let (failures, tally) = verdict_findings(store, ledger).await;
-    if !failures.is_empty() {
-        panic!(
-            "{label}: the verdict found {} problem(s):\n  {}",
-            failures.len(),
-            failures
-                .iter()
-                .take(40)
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        );
-    }
-    tally
-}
-
-/// The verdict's findings (empty when all is well) and counts.
-pub async fn verdict_findings(store: &Store, ledger: &[LedgerEntry]) -> (Vec<String>, Tally) {
-    let charges = store.charges(None).await.unwrap();
-    let subscriptions = store.subscriptions().await.unwrap();
-    let events = store.events(None).await.unwrap();
-    let now = chrono::Utc::now().naive_utc();
-    let mut failures: Vec<String> = Vec::new();
-
-    // No attempt left unresolved.
-    for c in &charges {
-        if c.state == "pending" || c.state == "unknown" {
-            failures.push(format!(
-                "attempt {} ({}, TID {}) left {}",
-                c.id, c.moid, c.tid, c.state
-            ));
-        }
-        if parse_moid(&c.moid) != Some((c.subscription_id, c.cycle, c.attempt)) {
-            failures.push(format!(
-                "attempt {} has Moid {} for S{}-C{}-A{}",
-                c.id, c.moid, c.subscription_id, c.cycle, c.attempt
-            ));
-        }
-    }
-
-    // No cycle charged twice: at most one approval per (subscription, cycle) at the gateway,
-    // and in the database.
-    let mut at_gateway: BTreeMap<(i64, i32), Vec<&LedgerEntry>> = BTreeMap::new();
-    for e in ledger {
-        match parse_moid(&e.moid) {
-            Some((id, cycle, _)) => at_gateway.entry((id, cycle)).or_default().push(e),
-            None => failures.push(format!("ledger Moid {} is not S…-C…-A…", e.moid)),
-        }
-        if e.mid != "nictest04m" || e.state != LedgerState::Approved {
-            failures.push(format!(
-                "ledger entry {} is {:?} for {}",
-                e.tid, e.state, e.mid
-            ));
-        }
-    }
-    for ((id, cycle), entries) in &at_gateway {
-        if entries.len() > 1 {
-            let tids: Vec<_> = entries.iter().map(|e| (&e.moid, &e.tid)).collect();
-            failures.push(format!(
-                "subscription {id} cycle {cycle} charged {} times at the gateway: {tids:?}",
-                entries.len()
-            ));
-        }
-    }
-    let mut approved_cycles: BTreeMap<(i64, i32), usize> = BTreeMap::new();
-    for c in charges.iter().filter(|c| c.state == "approved") {
-        *approved_cycles
-            .entry((c.subscription_id, c.cycle))
-            .or_default() += 1;
-    }
-    for ((id, cycle), n) in &approved_cycles {
-        if *n > 1 {
-            failures.push(format!(
-                "subscription {id} cycle {cycle} recorded approved {n} times"
-            ));
-        }
-    }
-
-    // Every ledger TID recorded as approved, same Moid and amount; and nothing approved in
-    // the database that the gateway did not approve.
-    let by_tid: HashMap<&str, _> = charges.iter().map(|c| (c.tid.as_str(), c)).collect();
-    let ledger_tids: HashSet<&str> = ledger.iter().map(|e| e.tid.as_str()).collect();
-    for e in ledger {
-        match by_tid.get(e.tid.as_str()) {
-            None => failures.push(format!(
-                "approval {} ({}) at the gateway has no attempt in the database",
-                e.tid, e.moid
-            )),
-            Some(c) if c.state != "approved" => failures.push(format!(
-                "approval {} ({}) at the gateway is recorded as {}",
-                e.tid, e.moid, c.state
-            )),
-            Some(c) if (c.moid.as_str(), c.amount) != (e.moid.as_str(), e.amount) => {
-                failures.push(format!(
-                    "approval {}: gateway says {} {} KRW, database {} {} KRW",
-                    e.tid, e.moid, e.amount, c.moid, c.amount
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    for c in charges.iter().filter(|c| c.state == "approved") {
-        if !ledger_tids.contains(c.tid.as_str()) {
-            failures.push(format!(
-                "attempt {} ({}, TID {}) recorded approved, but the gateway has no such approval",
-                c.id, c.moid, c.tid
-            ));
-        }
-    }
-
-    // No due cycle left uncharged without a recorded reason.
-    let mut events_of: HashMap<i64, Vec<_>> = HashMap::new();
-    for e in &events {
-        if let Some(id) = e.subscription_id {
-            events_of.entry(id).or_default().push(e);
-        }
-    }
-    let no_events = Vec::new();
-    for s in &subscriptions {
-        let evs = events_of.get(&s.id).unwrap_or(&no_events);
-        let next_cycle = s.next_cycle.unwrap_or(1);
-        for cycle in 1..next_cycle {
-            let skipped = evs.iter().any(|e| {
-                e.kind == "cycle_skipped"
-                    && skipped_cycles(&e.detail).is_some_and(|(a, b)| (a..=b).contains(&cycle))
-            });
-            if !approved_cycles.contains_key(&(s.id, cycle)) && !skipped {
-                failures.push(format!(
-                    "subscription {} ({}) moved past cycle {cycle} without charging or skipping it",
-                    s.id, s.external_id
-                ));
-            }
-        }
-        if s.status == "active" {
-            // Its current cycle is due (or has been tried and waits for another try): an
-            // attempt of that cycle must have said why it did not charge.
-            let due_now = s.next_charge_at.is_none_or(|at| at <= now);
-            if due_now || s.cycle_attempts > 0 {
-                let said = evs.iter().any(|e| {
-                    e.detail
-                        .starts_with(&format!("cycle {next_cycle} attempt "))
-                });
-                if !said {
-                    failures.push(format!(
-                        "subscription {} ({}) has cycle {next_cycle} {} and uncharged, with no \
-                         event saying why",
-                        s.id,
-                        s.external_id,
-                        if due_now { "due" } else { "tried" }
-                    ));
-                }
-            }
-        } else {
-            // Stopped: the merchant's own status, or nicebill's with its reason on record.
-            let explained = matches!(s.status.as_str(), "paused" | "cancelled")
-                || s.status_reason.as_deref().is_some_and(|r| !r.is_empty())
-                || evs.iter().any(|e| e.kind == s.status);
-            if !explained {
-                failures.push(format!(
-                    "subscription {} ({}) is {} with no recorded reason",
-                    s.id, s.external_id, s.status
-                ));
-            }
-        }
-    }
-
-    let tally = Tally {
-        subscriptions: subscriptions.len(),
-        attempts: charges.len(),
-        approved: approved_cycles.len(),
-        looked_up: charges.iter().filter(|c| c.lookups > 0).count(),
-        retries: charges.iter().filter(|c| c.attempt > 1).count(),
-    };
-    (failures, tally)
-}
 
 // ---------------------------------------------------------------------------------------------
 // The secret scan
@@ -900,7 +150,7 @@ pub fn scan_for_secrets(
 // ---------------------------------------------------------------------------------------------
 // a + d. The gateway goes down mid-run and comes back; then nothing written holds a secret.
 
-#[crate::campaign_case(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_down_mid_run_then_no_secrets_anywhere() {
     let scale = Scale::from_env();
     let mut problems = Vec::new();
@@ -931,7 +181,7 @@ async fn gateway_outage(scale: &Scale, db: TestDb) -> Option<String> {
     let cards = card_numbers(1, n);
     let via_cli = 4.min(n);
     let mut bids = issue_billkeys_cli(&config, &cards[..via_cli], label, dir);
-    bids.extend(issue_billkeys(&client_at(&url), &cards[via_cli..], &format!("a-{label}")).await);
+    bids.extend(issue_billkeys(&url, &cards[via_cli..], &format!("a-{label}")).await);
     let ids = insert_due(&db.store, "outage", &bids).await;
     assert_eq!(ids.len(), n);
 
@@ -1000,7 +250,7 @@ async fn gateway_outage(scale: &Scale, db: TestDb) -> Option<String> {
     .unwrap_or_else(|| panic!("{label}: the simulator cannot listen on {listen} again"));
     assert_eq!(url_b, url);
     let new_cards = card_numbers(2, n);
-    let new_bids = issue_billkeys(&client_at(&url), &new_cards, &format!("b-{label}")).await;
+    let new_bids = issue_billkeys(&url, &new_cards, &format!("b-{label}")).await;
     let rebound = ids.clone();
     db.store
         .write(move |c| {
@@ -1137,7 +387,7 @@ async fn gateway_outage(scale: &Scale, db: TestDb) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // b. Lost answers and SIGKILLs at random moments, then `run --once`.
 
-#[crate::campaign_case(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_answers_and_sigkills() {
     let scale = Scale::from_env();
     for db in support::databases("campaign_kills").await {
@@ -1153,7 +403,7 @@ async fn kills(scale: &Scale, db: TestDb) {
     let dir = tmp.path();
     let (_sim, url) = start_sim(50, &["drop_after:approve:0.05"], None);
     let config = write_config(dir, "daemon", &url, &db.url, 4, false);
-    let bids = issue_billkeys(&client_at(&url), &card_numbers(3, n), &format!("k-{label}")).await;
+    let bids = issue_billkeys(&url, &card_numbers(3, n), &format!("k-{label}")).await;
     insert_due(&db.store, "kills", &bids).await;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(2027);
@@ -1229,7 +479,7 @@ async fn kills(scale: &Scale, db: TestDb) {
 // ---------------------------------------------------------------------------------------------
 // c. Three instances on one database.
 
-#[crate::campaign_case(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_the_work() {
     let scale = Scale::from_env();
     for db in support::databases("campaign_three").await {
@@ -1246,7 +496,7 @@ async fn three_instances(scale: &Scale, db: TestDb) {
     // Answers slow enough that one instance alone needs several ticks: new rows are noticed
     // by one instance, and the others join at their next tick.
     let (_sim, url) = start_sim(40, &[], None);
-    let bids = issue_billkeys(&client_at(&url), &card_numbers(4, n), &format!("t-{label}")).await;
+    let bids = issue_billkeys(&url, &card_numbers(4, n), &format!("t-{label}")).await;
 
     let names = ["one", "two", "three"];
     let configs: Vec<PathBuf> = names
@@ -1340,22 +590,10 @@ async fn three_instances(scale: &Scale, db: TestDb) {
     }
 }
 
-/// The cycles a `cycle_skipped` event names: `cycle 5 due …` or `cycles 2-9 (8 cycles, …)`.
-fn skipped_cycles(detail: &str) -> Option<(i32, i32)> {
-    if let Some(rest) = detail.strip_prefix("cycles ") {
-        let (range, _) = rest.split_once(' ')?;
-        let (a, b) = range.split_once('-')?;
-        return Some((a.parse().ok()?, b.parse().ok()?));
-    }
-    let rest = detail.strip_prefix("cycle ")?;
-    let n = rest.split_once(' ')?.0.parse().ok()?;
-    Some((n, n))
-}
-
 // ---------------------------------------------------------------------------------------------
 // e. The merchant's application writes while nicebill charges.
 
-#[crate::campaign_case(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merchant_application_writes_while_charging() {
     let scale = Scale::from_env();
     for db in support::databases("campaign_merchant").await {
@@ -1736,7 +974,7 @@ async fn merchant_mode(scale: &Scale, db: TestDb) {
     let n = scale.merchant_subscriptions;
     // Enough billkeys for the rows and for every write that may want a new one.
     let cards = card_numbers(5, n + scale.merchant_writes / 3 + 50);
-    let mut bids = issue_billkeys(&client_at(&url), &cards, &format!("m-{label}")).await;
+    let mut bids = issue_billkeys(&url, &cards, &format!("m-{label}")).await;
     let mut app = MerchantApp::default();
     for i in 0..n {
         let bid = bids.pop().unwrap();

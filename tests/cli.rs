@@ -1,71 +1,20 @@
 //! The real `nicebill` binary against `nicebill sim`: billkey issue → approve → status →
 //! refund → remove, exit codes, and bad input refused before anything is sent.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+mod support;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-const KEY: &str =
-    "b+zhZ4yOZ7FsH8pm5lhDfHZEb79tIwnjsdA0FBXh86yLc6BJeFVrZFXhAoJ3gEWgrWwN+lJMV0W4hvDdbe4Sjw==";
-
-struct Sim {
-    child: Child,
-    base_url: String,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nicebill"));
-    cmd.env("RUST_LOG", "trace").env_remove("NICEBILL_CONFIG");
-    cmd
-}
-
-fn start_sim() -> Sim {
-    let mut child = bin()
-        .args(["sim", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nicebill sim starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base_url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|u| u.starts_with("http://127.0.0.1:"))
-        .unwrap_or_else(|| panic!("unexpected first line from sim: {line:?}"))
-        .to_owned();
-    Sim { child, base_url }
-}
+use support::{ConfigFile, KEY};
 
 fn write_config(dir: &Path, base_url: &str, key: &str) -> PathBuf {
-    let key_file = dir.join("merchant.key");
-    std::fs::write(&key_file, key).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = dir.join("nicebill.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_file = \"{}\"\nbase_url = \"{base_url}\"\n",
-            key_file.display()
-        ),
-    )
-    .unwrap();
-    config
+    ConfigFile::new(base_url).key(key).write(dir)
 }
 
 fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = bin()
+    let mut child = support::nicebill(Some("trace"))
         .args(args)
         .arg("--config")
         .arg(config)
@@ -110,9 +59,9 @@ const CARD: &str = "CardNo=5361234512345678\nExpYear=28\nExpMonth=07\nIDNo=12345
 
 #[test]
 fn operator_flow_against_the_simulator() {
-    let sim = start_sim();
+    let (_sim, sim_url) = support::spawn_sim(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &sim.base_url, KEY);
+    let config = write_config(dir.path(), &sim_url, KEY);
 
     let out = run(&config, &["billkey", "issue"], CARD);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -190,7 +139,7 @@ fn operator_flow_against_the_simulator() {
         .unwrap()
         .block_on(
             reqwest::Client::new()
-                .post(format!("{}/_sim/faults", sim.base_url))
+                .post(format!("{}/_sim/faults", sim_url))
                 .body(r#"[{"mode":"bad_cancel_signature","api":"cancel","count":1}]"#)
                 .send(),
         )
@@ -267,9 +216,9 @@ fn operator_flow_against_the_simulator() {
 
 #[test]
 fn bad_input_is_refused_naming_the_field() {
-    let sim = start_sim();
+    let (_sim, sim_url) = support::spawn_sim(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &sim.base_url, KEY);
+    let config = write_config(dir.path(), &sim_url, KEY);
     let bid = "BIKYnictest04m2611251200001234";
     let cases: &[(&[&str], &str, &str)] = &[
         (

@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
-use nicebill::sim::LedgerEntry;
 use serde_json::Value;
 use support::*;
 
@@ -83,23 +82,12 @@ fn write_config(
     sim_url: &str,
     db_url: &str,
 ) -> PathBuf {
-    let key = dir.join("merchant.key");
-    std::fs::write(&key, KEY).unwrap();
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"[nicepay]
-mid = "nictest04m"
-merchant_key_file = "{key}"
-base_url = "{sim_url}"
-connect_timeout = "1s"
-read_timeout = "1s"
-
-[database]
-url = "{db_url}"
-
-[scheduler]
+    ConfigFile::new(sim_url)
+        .name(name)
+        .nicepay(config::TIMEOUTS_1S)
+        .database(db_url)
+        .sections(&format!(
+            r#"[scheduler]
 tick = "* * * * * *"
 concurrency = {concurrency}
 batch = {concurrency}
@@ -113,47 +101,9 @@ lookup_max_interval = "1s"
 
 [log]
 format = "json"
-"#,
-            key = key.display()
-        ),
-    )
-    .unwrap();
-    config
-}
-
-fn client_at(url: &str) -> nicebill::gateway::nicepay::NicepayClient {
-    use nicebill::gateway::nicepay::{Charset, EdiType};
-    nicebill::gateway::nicepay::NicepayClient::new(
-        settings(url, Charset::EucKr, EdiType::Json),
-        std::sync::Arc::new(nicebill::clock::SystemClock),
-    )
-    .unwrap()
-}
-
-async fn ledger(sim_url: &str) -> Vec<LedgerEntry> {
-    let body = reqwest::get(format!("{sim_url}/_sim/ledger"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
-
-fn terminate(mut run: Killed) -> std::process::ExitStatus {
-    let term = Command::new("kill")
-        .args(["-TERM", &run.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = run.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "nicebill run ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+"#
+        ))
+        .write(dir)
 }
 
 /// Log lines (JSON) of one instance.

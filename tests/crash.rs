@@ -11,14 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nicebill::gateway::nicepay::{Charset, EdiType};
 use nicebill::sim::LedgerEntry;
 use rand::{Rng, SeedableRng};
 use support::*;
-
-fn bin() -> Command {
-    nicebill(Some("warn"))
-}
 
 /// Starts `nicebill sim` with the given faults; returns it and its base URL.
 fn start_sim(faults: &[&str]) -> (Killed, String) {
@@ -30,23 +25,11 @@ fn start_sim(faults: &[&str]) -> (Killed, String) {
 }
 
 fn write_config(dir: &Path, sim_url: &str, db_url: &str) -> std::path::PathBuf {
-    let key = dir.join("merchant.key");
-    std::fs::write(&key, KEY).unwrap();
-    let config = dir.join("nicebill.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[nicepay]
-mid = "nictest04m"
-merchant_key_file = "{key}"
-base_url = "{sim_url}"
-connect_timeout = "1s"
-read_timeout = "1s"
-
-[database]
-url = "{db_url}"
-
-[scheduler]
+    ConfigFile::new(sim_url)
+        .nicepay(config::TIMEOUTS_1S)
+        .database(db_url)
+        .sections(
+            r#"[scheduler]
 tick = "* * * * * *"
 concurrency = 6
 batch = 6
@@ -58,21 +41,8 @@ resend_after = "1s"
 transient_max_elapsed = "2s"
 lookup_max_interval = "2s"
 "#,
-            key = key.display()
-        ),
-    )
-    .unwrap();
-    config
-}
-
-async fn ledger(sim_url: &str) -> Vec<LedgerEntry> {
-    let body = reqwest::get(format!("{sim_url}/_sim/ledger"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
+        )
+        .write(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +81,7 @@ async fn crash_story(db: TestDb) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
     for _ in 0..12 {
         let run = Killed(
-            bin()
+            nicebill(Some("warn"))
                 .args(["run", "--config"])
                 .arg(&config)
                 .stdout(Stdio::null())
@@ -122,7 +92,7 @@ async fn crash_story(db: TestDb) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..1200))).await;
         drop(run); // SIGKILL
     }
-    let out = bin()
+    let out = nicebill(Some("warn"))
         .args(["run", "--once", "--config"])
         .arg(&config)
         .output()
@@ -205,14 +175,6 @@ async fn crash_story(db: TestDb) {
     }
 }
 
-fn client_at(url: &str) -> nicebill::gateway::nicepay::NicepayClient {
-    nicebill::gateway::nicepay::NicepayClient::new(
-        settings(url, Charset::EucKr, EdiType::Json),
-        std::sync::Arc::new(nicebill::clock::SystemClock),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_attempts_in_flight_finish_and_exits_zero() {
     for db in databases("sigterm").await {
@@ -236,7 +198,7 @@ async fn sigterm_lets_attempts_in_flight_finish_and_exits_zero() {
             .await
             .unwrap();
         let mut run = Killed(
-            bin()
+            nicebill(Some("warn"))
                 .args(["run", "--config"])
                 .arg(&config)
                 .stdout(Stdio::null())

@@ -101,12 +101,7 @@ async fn wrong_cancel_signature_is_never_a_refund() {
 
 #[tokio::test]
 async fn nothing_listening_is_not_sent() {
-    // Bind and drop to find a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::process::free_port();
     let client = NicepayClient::new(
         settings(
             &format!("http://127.0.0.1:{port}"),

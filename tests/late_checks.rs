@@ -23,10 +23,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nicebill::sim::LedgerEntry;
 use serde_json::Value;
 use support::*;
 
@@ -36,23 +35,11 @@ const LATE_CHECK_AFTER: &str = "9s";
 const PATIENCE: Duration = Duration::from_secs(90);
 
 fn write_config(dir: &Path, sim_url: &str, db_url: &str) -> PathBuf {
-    let key = dir.join("merchant.key");
-    std::fs::write(&key, KEY).unwrap();
-    let config = dir.join("nicebill.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[nicepay]
-mid = "nictest04m"
-merchant_key_file = "{key}"
-base_url = "{sim_url}"
-connect_timeout = "500ms"
-read_timeout = "500ms"
-
-[database]
-url = "{db_url}"
-
-[scheduler]
+    ConfigFile::new(sim_url)
+        .nicepay("connect_timeout = \"500ms\"\nread_timeout = \"500ms\"\n")
+        .database(db_url)
+        .sections(&format!(
+            r#"[scheduler]
 tick = "* * * * * *"
 concurrency = 4
 batch = 4
@@ -73,32 +60,10 @@ prometheus_file = "{metrics}"
 [log]
 format = "json"
 "#,
-            key = key.display(),
             health = dir.join("health.json").display(),
             metrics = dir.join("metrics.prom").display(),
-        ),
-    )
-    .unwrap();
-    config
-}
-
-fn client_at(url: &str) -> nicebill::gateway::nicepay::NicepayClient {
-    use nicebill::gateway::nicepay::{Charset, EdiType};
-    nicebill::gateway::nicepay::NicepayClient::new(
-        settings(url, Charset::EucKr, EdiType::Json),
-        std::sync::Arc::new(nicebill::clock::SystemClock),
-    )
-    .unwrap()
-}
-
-async fn ledger(sim_url: &str) -> Vec<LedgerEntry> {
-    let body = reqwest::get(format!("{sim_url}/_sim/ledger"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
+        ))
+        .write(dir)
 }
 
 /// Runs an operator command; its exit code and stdout.
@@ -113,22 +78,6 @@ fn operator(config: &Path, args: &[&str]) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
-}
-
-fn terminate(mut run: Killed) -> std::process::ExitStatus {
-    let term = Command::new("kill")
-        .args(["-TERM", &run.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = run.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "nicebill run ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,39 +182,14 @@ fn assert_only_suffixes(detail: &str, bids: &[&str], what: &str) {
 // ---------------------------------------------------------------------------------------------
 // The real binary.
 
-fn client_at(url: &str) -> NicepayClient {
-    NicepayClient::new(
-        settings(url, Charset::EucKr, EdiType::Json),
-        Arc::new(nicebill::clock::SystemClock),
-    )
-    .unwrap()
-}
-
 fn write_config(dir: &Path, sim_url: &str, db_url: &str) -> PathBuf {
-    let key = dir.join("merchant.key");
-    std::fs::write(&key, KEY).unwrap();
-    let config = dir.join("nicebill.toml");
-    let private = || {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::Permissions::from_mode(0o600)
-    };
-    std::fs::set_permissions(&key, private()).unwrap();
     // One decline ends dunning (past_due at once); a held billkey removal is looked at again
     // after a second.
-    std::fs::write(
-        &config,
-        format!(
-            r#"[nicepay]
-mid = "nictest04m"
-merchant_key_file = "{key}"
-base_url = "{sim_url}"
-connect_timeout = "1s"
-read_timeout = "1s"
-
-[database]
-url = "{db_url}"
-
-[scheduler]
+    ConfigFile::new(sim_url)
+        .nicepay(config::TIMEOUTS_1S)
+        .database(db_url)
+        .sections(
+            r#"[scheduler]
 tick = "* * * * * *"
 settle_margin = "1s"
 lease = "2s"
@@ -226,12 +201,8 @@ transient_max_elapsed = "1s"
 lookup_max_interval = "1s"
 removal_max_interval = "1s"
 "#,
-            key = key.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, private()).unwrap();
-    config
+        )
+        .write(dir)
 }
 
 fn text(out: &Output) -> String {
@@ -244,77 +215,19 @@ fn text(out: &Output) -> String {
 
 /// The binary with `args --config config`, killed (and the test failed) if it has not ended
 /// after three minutes: a pass that never ends is a bug this file looks for.
-fn bin(config: &Path, args: &[&str]) -> Output {
-    use std::io::Read;
-    let mut cmd: Command = nicebill(Some("warn"));
-    let mut child = cmd
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "nicebill {args:?} did not end within 3 minutes: {}",
-                String::from_utf8_lossy(&stderr.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+fn cli(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = nicebill(Some("warn"));
+    cmd.args(args).arg("--config").arg(config);
+    process::output_within(cmd, Duration::from_secs(180))
 }
 
 fn run_once(config: &Path, label: &str) {
-    let out = bin(config, &["run", "--once"]);
+    let out = cli(config, &["run", "--once"]);
     assert!(
         out.status.success(),
         "{label}: nicebill run --once: {}",
         text(&out)
     );
-}
-
-async fn ledger(sim_url: &str) -> Vec<LedgerEntry> {
-    let body = reqwest::get(format!("{sim_url}/_sim/ledger"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
-
-/// Requests the simulator received for `api` (`billkey_remove`, `approve`, …).
-async fn requests(sim_url: &str, api: &str) -> u64 {
-    let body = reqwest::get(format!("{sim_url}/_sim/requests"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let counts: std::collections::BTreeMap<String, u64> = serde_json::from_slice(&body).unwrap();
-    counts.get(api).copied().unwrap_or(0)
 }
 
 fn moids_of(ledger: &[LedgerEntry], id: i64) -> Vec<String> {
@@ -1409,7 +1322,7 @@ async fn upgrade_story(db: OldDb) {
     let ledger_before = ledger(&sim_url).await;
 
     // The upgrade, by the operator's command.
-    let out = bin(&config, &["migrate"]);
+    let out = cli(&config, &["migrate"]);
     assert!(out.status.success(), "{label}: migrate: {}", text(&out));
     assert!(
         store.pending_migrations().await.unwrap().is_empty(),

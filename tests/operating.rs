@@ -4,40 +4,19 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use nicebill::gateway::nicepay::{Charset, EdiType};
 use support::*;
 
-fn bin() -> Command {
-    nicebill(None)
-}
-
-fn start_sim() -> (Killed, String) {
-    spawn_sim(&[])
-}
-
 fn write_config(dir: &Path, base_url: &str, db_url: &str, key: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let key_file = dir.join("merchant.key");
-    std::fs::write(&key_file, key).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = dir.join("nicebill.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[nicepay]
-mid = "nictest04m"
-merchant_key_file = "{key}"
-base_url = "{base_url}"
-connect_timeout = "1s"
-read_timeout = "1s"
-
-[database]
-url = "{db_url}"
-
-[scheduler]
+    ConfigFile::new(base_url)
+        .key(key)
+        .nicepay(config::TIMEOUTS_1S)
+        .database(db_url)
+        .sections(&format!(
+            r#"[scheduler]
 tick = "* * * * * *"
 settle_margin = "1s"
 
@@ -52,17 +31,13 @@ prometheus_file = "{dir}/nicebill.prom"
 format = "json"
 level = "info"
 "#,
-            key = key_file.display(),
             dir = dir.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-    config
+        ))
+        .write(dir)
 }
 
 fn run(config: &Path, args: &[&str]) -> Output {
-    bin()
+    nicebill(None)
         .args(args)
         .arg("--config")
         .arg(config)
@@ -93,7 +68,7 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 async fn health_logs_check_config_and_charge_now() {
     for db in databases("operating").await {
         let label = db.label;
-        let (_sim, sim_url) = start_sim();
+        let (_sim, sim_url) = spawn_sim(&[]);
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), &sim_url, &db.url, KEY);
         let health = dir.path().join("health.json");
@@ -123,7 +98,7 @@ async fn health_logs_check_config_and_charge_now() {
             .unwrap();
         let log_path = dir.path().join("daemon.log");
         let daemon = Killed(
-            bin()
+            nicebill(None)
                 .args(["run", "--config"])
                 .arg(&config)
                 .stdout(Stdio::null())
@@ -239,11 +214,7 @@ async fn health_logs_check_config_and_charge_now() {
         let _ = id;
 
         // The gateway down: charges fail to connect, health says degraded (exit 1).
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let closed = process::free_port();
         let down_dir = tempfile::tempdir().unwrap();
         let down = write_config(
             down_dir.path(),
@@ -260,7 +231,7 @@ async fn health_logs_check_config_and_charge_now() {
         }
         let down_health = down_dir.path().join("health.json");
         let daemon = Killed(
-            bin()
+            nicebill(None)
                 .args(["run", "--config"])
                 .arg(&down)
                 .stdout(Stdio::null())
@@ -289,7 +260,10 @@ async fn health_logs_check_config_and_charge_now() {
 
 #[test]
 fn the_demo_runs_and_its_ledger_agrees() {
-    let out = bin().args(["demo", "--months", "3"]).output().unwrap();
+    let out = nicebill(None)
+        .args(["demo", "--months", "3"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("they agree"), "{stdout}");
@@ -304,9 +278,35 @@ fn the_demo_runs_and_its_ledger_agrees() {
         assert!(stdout.contains(name), "demo output lacks {name}:\n{stdout}");
     }
     assert!(stdout.contains("Jan 31, Feb 28, Mar 31"), "{stdout}");
-    let out = bin().args(["demo", "--protocol"]).output().unwrap();
+    // The story, not the log: no INFO line unless `--verbose`.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("INFO"), "demo logs INFO lines:\n{stderr}");
+    let out = nicebill(None)
+        .args(["demo", "--months", "1", "--verbose"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("refund (signature verified)"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("INFO"),
+        "demo --verbose logs no INFO line:\n{stderr}"
+    );
+    for verbose in [false, true] {
+        let mut cmd = nicebill(None);
+        cmd.args(["demo", "--protocol"]);
+        if verbose {
+            cmd.arg("--verbose");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("refund (signature verified)"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("INFO"),
+            verbose,
+            "demo --protocol (verbose: {verbose}):\n{stderr}"
+        );
+    }
 }
 
 /// The benchmark command works end to end (its figures are not judged here: timing belongs to
@@ -332,7 +332,7 @@ fn the_benchmark_runs_and_charges_everything() {
         runs.push(args);
     }
     for args in runs {
-        let out = bin().args(&args).output().unwrap();
+        let out = nicebill(None).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", text(&out));
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(

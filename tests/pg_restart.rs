@@ -7,20 +7,14 @@
 //! `NICEBILL_TEST_POSTGRES_URL` and `NICEBILL_TEST_PG_RESTART=1` are set (`.ci/run` sets the
 //! latter). `NICEBILL_CAMPAIGN=full` raises 300 subscriptions to 3,000.
 
-// The campaign's helpers and verdict. `campaign.rs` marks its cases `#[crate::campaign_case]`;
-// here that is `tokio::main`, which turns them into plain functions nobody calls, so they do
-// not run in this binary.
-#[allow(unused_imports)]
-pub(crate) use tokio::main as campaign_case;
-
-#[path = "campaign.rs"]
-#[allow(dead_code)]
-mod campaign;
+mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use campaign::*;
+use support::campaign::*;
+use support::process::*;
+use support::sim_api::*;
 
 fn pg_isready() -> bool {
     Command::new("pg_isready")
@@ -43,7 +37,7 @@ async fn postgres_restart_mid_run() {
         return;
     }
     let scale = Scale::from_env();
-    let db = campaign::support::databases("pg_restart")
+    let db = support::databases("pg_restart")
         .await
         .into_iter()
         .find(|db| db.label == "postgres")
@@ -55,7 +49,7 @@ async fn postgres_restart_mid_run() {
     let dir = tmp.path();
     let (_sim, url) = start_sim(20, &[], None);
     let config = write_config(dir, "daemon", &url, &db.url, 2, false);
-    let bids = issue_billkeys(&client_at(&url), &card_numbers(5, n), "pg").await;
+    let bids = issue_billkeys(&url, &card_numbers(5, n), "pg").await;
     insert_due(&db.store, "pg-restart", &bids).await;
     let log = dir.join("daemon.log");
     let mut daemon = spawn_run(&config, &log, "info", "nicebill run");

@@ -24,7 +24,7 @@ use crate::clock::SharedClock;
 use crate::config::{self, defaults};
 use crate::domain::{Bid, Moid, Tid};
 use crate::gateway::nicepay::{
-    Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState, TxStatus,
+    Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState, TxStatus, codes,
 };
 use crate::retry::{Attempt, RetryPolicy, retry};
 use crate::schedule::{Cycle, Skipped};
@@ -965,7 +965,7 @@ impl Engine {
             }
             (TxState::Approved, _) => {
                 let result = ChargeResult {
-                    result_code: Some("3001".into()),
+                    result_code: Some(codes::CARD_APPROVED.into()),
                     result_msg: Some("approved (found by status lookup)".into()),
                     auth_code: status.auth_code,
                     auth_date: status.auth_date,
@@ -1247,6 +1247,7 @@ impl Engine {
                 (TxState::NotFound, _) | (_, LookupMatch::Different(_)) => LateFinding::NotFound,
                 (TxState::Cancelled, _) => LateFinding::Cancelled,
                 (TxState::Approved, _) => LateFinding::Approved {
+                    result_code: codes::CARD_APPROVED.into(),
                     auth_code: status.auth_code,
                     auth_date: status.auth_date,
                 },

@@ -109,16 +109,6 @@ impl From<MerchantStatus> for SubscriptionStatus {
     }
 }
 
-impl SubscriptionStatus {
-    /// Statuses in which nothing will ever be charged again unless the merchant acts.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            SubscriptionStatus::Cancelled | SubscriptionStatus::Ended
-        )
-    }
-}
-
 text_enum! {
     /// The state of one charge attempt (`charges.state`).
     ChargeState {

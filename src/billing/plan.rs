@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -81,10 +81,6 @@ pub struct Valid {
     pub interest_free: bool,
     pub schedule: Schedule,
     pub cancel_at_period_end: bool,
-}
-
-pub fn to_utc(t: NaiveDateTime) -> DateTime<Utc> {
-    t.and_utc()
 }
 
 /// The merchant's status, or an error naming the column.
@@ -440,7 +436,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(s: &str) -> DateTime<Utc> {
-        let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
+        let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
         chrono_tz::Asia::Seoul
             .from_local_datetime(&naive)
             .unwrap()

@@ -92,7 +92,7 @@ pub struct AddArgs {
     #[arg(long, value_name = "TEXT")]
     pub external_id: String,
     /// The billkey to charge (from `nicebill billkey issue`, or NICEPAY).
-    #[arg(long, value_name = "BID")]
+    #[arg(long, value_name = "BILLKEY")]
     pub bid: String,
     /// Amount charged per cycle, in whole KRW (digits only).
     #[arg(long, value_name = "KRW", allow_negative_numbers = true)]
@@ -846,8 +846,8 @@ fn charges_table(rows: &[ChargeRow], tz: Tz) -> Table {
         "subscription",
         "cycle",
         "attempt",
-        "Moid",
-        "TID",
+        "moid",
+        "tid",
         "amount",
         "state",
         "result",

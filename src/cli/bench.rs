@@ -158,12 +158,8 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         Some(base) => {
             let schema = format!("bench_{:08x}", rand::random::<u32>());
             let admin = open(DbUrl::parse(base)?, 1).await?;
-            let create = format!("CREATE SCHEMA {schema}");
             admin
-                .run(move |c| {
-                    use diesel::connection::SimpleConnection;
-                    c.batch_execute(&create).map_err(Into::into)
-                })
+                .create_schema(&schema)
                 .await
                 .map_err(|e| fail("create schema", e))?;
             let sep = if base.contains('?') { '&' } else { '?' };
@@ -176,13 +172,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     };
     let result = measure(&args, total, &sim_url, url.clone()).await;
     if let Some((admin, schema)) = schema {
-        let drop = format!("DROP SCHEMA {schema} CASCADE");
-        let _ = admin
-            .run(move |c| {
-                use diesel::connection::SimpleConnection;
-                c.batch_execute(&drop).map_err(Into::into)
-            })
-            .await;
+        let _ = admin.drop_schema(&schema).await;
     }
     let r = result?;
     if args.json {

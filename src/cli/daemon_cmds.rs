@@ -208,7 +208,10 @@ pub fn health(config: &Path, args: HealthArgs) -> std::process::ExitCode {
             }
         },
     };
-    let (code, line) = crate::health::check(&file, args.max_age, chrono::Utc::now());
+    let (code, line) = {
+        use crate::clock::Clock;
+        crate::health::check(&file, args.max_age, crate::clock::SystemClock.now())
+    };
     println!("{line}");
     std::process::ExitCode::from(code)
 }

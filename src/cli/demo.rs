@@ -28,6 +28,10 @@ pub struct DemoArgs {
     /// Response format to ask for: JSON or KV.
     #[arg(long, default_value = "JSON", value_parser = |s: &str| EdiType::parse(s).ok_or("expected JSON or KV"))]
     pub edi_type: EdiType,
+    /// Show the log lines too (by default only warnings and errors, so the story stays
+    /// readable). `RUST_LOG` overrides both.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 fn step(n: u32, what: &str, outcome: impl std::fmt::Display) {

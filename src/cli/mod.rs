@@ -86,6 +86,17 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
+impl Cli {
+    /// The log level this command uses instead of `[log] level`, if any: the demo logs only
+    /// warnings and errors unless `--verbose`.
+    pub fn log_level_override(&self) -> Option<&'static str> {
+        match &self.command {
+            Command::Demo(args) if !args.verbose => Some("warn"),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// Print the next charge times of a subscription or of a schedule given by flags.

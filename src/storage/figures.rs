@@ -28,6 +28,23 @@ pub struct HealthFigures {
 
 const ACTIVE: &str = "active";
 
+/// `name` if it is a schema name that needs no quoting.
+fn schema_name(name: &str) -> Result<&str, StoreError> {
+    let plain = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        Ok(name)
+    } else {
+        Err(StoreError::Task(format!(
+            "schema name {name:?}: use lower-case letters, digits and _"
+        )))
+    }
+}
+
 impl Store {
     /// Figures for the health file.
     pub async fn health_figures(&self, now: DateTime<Utc>) -> Result<HealthFigures, StoreError> {
@@ -169,6 +186,21 @@ impl Store {
             Ok((ids.len(), started.elapsed()))
         })
         .await
+    }
+
+    /// Benchmark setup on PostgreSQL: creates the schema `name` (lower-case letters, digits
+    /// and `_` only, so it needs no quoting).
+    pub async fn create_schema(&self, name: &str) -> Result<(), StoreError> {
+        let sql = format!("CREATE SCHEMA {}", schema_name(name)?);
+        self.run(move |c| c.batch_execute(&sql).map_err(Into::into))
+            .await
+    }
+
+    /// Drops the schema `name` and everything in it.
+    pub async fn drop_schema(&self, name: &str) -> Result<(), StoreError> {
+        let sql = format!("DROP SCHEMA {} CASCADE", schema_name(name)?);
+        self.run(move |c| c.batch_execute(&sql).map_err(Into::into))
+            .await
     }
 
     /// Benchmark setup: `total` active monthly subscriptions on the given billkeys, already

@@ -30,6 +30,8 @@ pub enum LateFinding {
     Cancelled,
     /// Approved at NICEPAY after all.
     Approved {
+        /// The approval's ResultCode, recorded with it.
+        result_code: String,
         auth_code: Option<String>,
         auth_date: Option<String>,
     },
@@ -378,6 +380,7 @@ impl Store {
                     Ok(LateRecorded::Noted)
                 }
                 LateFinding::Approved {
+                    result_code,
                     auth_code,
                     auth_date,
                 } => {
@@ -445,7 +448,7 @@ impl Store {
                         .set((
                             base,
                             charges::state.eq(ChargeState::Approved.as_str()),
-                            charges::result_code.eq(Some("3001")),
+                            charges::result_code.eq(Some(result_code)),
                             charges::result_msg
                                 .eq(Some("approved (found by a late status lookup)")),
                         ))

@@ -1,5 +1,20 @@
-//! Helpers shared by the integration tests: a simulator on a loopback port and clients for it.
+//! Helpers shared by the integration tests: a simulator on a loopback port and clients for it,
+//! a database per backend, configuration files (`config`), processes (`process`), the
+//! simulator's control endpoints (`sim_api`), and the fault campaign's scale and verdict
+//! (`campaign`, shared by `tests/campaign.rs` and `tests/pg_restart.rs`).
 #![allow(dead_code)]
+
+pub mod campaign;
+pub mod config;
+pub mod process;
+pub mod sim_api;
+
+#[allow(unused_imports)]
+pub use config::ConfigFile;
+#[allow(unused_imports)]
+pub use process::{Killed, nicebill, spawn_sim, terminate};
+#[allow(unused_imports)]
+pub use sim_api::{client_at, ledger, requests};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,18 +127,12 @@ pub async fn databases(test: &str) -> Vec<TestDb> {
     if let Some(base) = postgres_url(test) {
         let schema = format!(
             "t_{}_{:08x}",
-            test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            test.to_ascii_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
             rand::random::<u32>()
         );
         let admin = Store::open(DbUrl::parse(&base).unwrap(), 1).unwrap();
-        let create = format!("CREATE SCHEMA {schema}");
-        admin
-            .run(move |c| {
-                use diesel::connection::SimpleConnection;
-                c.batch_execute(&create).map_err(Into::into)
-            })
-            .await
-            .unwrap();
+        admin.create_schema(&schema).await.unwrap();
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
         let store = Store::open(DbUrl::parse(&url).unwrap(), 8).unwrap();
@@ -162,51 +171,4 @@ pub fn kst(text: &str) -> chrono::DateTime<chrono::Utc> {
         .from_local_datetime(&naive)
         .unwrap()
         .with_timezone(&chrono::Utc)
-}
-
-/// A child process, killed (SIGKILL) and reaped when dropped.
-pub struct Killed(pub std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The `nicebill` binary with `RUST_LOG` as given (`None`: unset) and nothing inherited that
-/// would change its configuration or log format.
-pub fn nicebill(rust_log: Option<&str>) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nicebill"));
-    cmd.env_remove("NICEBILL_CONFIG")
-        .env_remove("JOURNAL_STREAM");
-    match rust_log {
-        Some(level) => cmd.env("RUST_LOG", level),
-        None => cmd.env_remove("RUST_LOG"),
-    };
-    cmd
-}
-
-/// `nicebill sim` on a free loopback port with `extra` arguments: the process and its base URL.
-pub fn spawn_sim(extra: &[&str]) -> (Killed, String) {
-    use std::io::BufRead;
-    let mut child = nicebill(Some("warn"))
-        .args(["sim", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nicebill sim starts");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("the simulator prints its address");
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|u| u.starts_with("http://127.0.0.1:"))
-        .unwrap_or_else(|| panic!("unexpected first line from nicebill sim: {line:?}"))
-        .to_owned();
-    (Killed(child), url)
 }

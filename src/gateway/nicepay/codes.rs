@@ -100,6 +100,10 @@ type Row = (Option<Api>, &'static str, Class, &'static str);
 use Api::{Approve, BillkeyIssue, BillkeyRemove, Cancel, Status};
 use Class::*;
 
+/// The ResultCode of a card approval: what nicebill records for an approval that a status
+/// lookup found (a lookup's own answer carries the lookup's code, not the approval's).
+pub const CARD_APPROVED: &str = "3001";
+
 /// API-specific rows come first; the first matching row wins.
 const TABLE: &[Row] = &[
     // Success, per API.
@@ -250,14 +254,6 @@ pub fn classify(api: Api, code: &str) -> Class {
         Api::Approve | Api::Cancel => Unknown,
         Api::BillkeyIssue | Api::BillkeyRemove | Api::Status => RequestError,
     }
-}
-
-/// What the code means, where the table knows it.
-pub fn meaning(api: Api, code: &str) -> Option<&'static str> {
-    TABLE
-        .iter()
-        .find(|(a, c, _, _)| *c == code && a.is_none_or(|a| a == api))
-        .map(|row| row.3)
 }
 
 /// Classifies a failure that produced no usable ResultCode.
