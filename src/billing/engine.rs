@@ -475,8 +475,9 @@ impl Engine {
         drop(out_tx);
         let written = writer.await;
         let written = panics.note(&self.stats, "outcome writer", written);
-        let mut report = claimed?;
+        // A panic outranks a database error: the daemon must exit on it.
         panics.check()?;
+        let mut report = claimed?;
         report.merge(&written.unwrap_or_default());
         Ok(report)
     }
