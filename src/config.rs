@@ -404,7 +404,7 @@ impl Config {
         e.concurrency = s.concurrency;
         e.batch = s.batch;
         e.lease = s.lease;
-        e.settle = settle_window(call, s.transient_max_elapsed, s.settle_margin);
+        e.settle_margin = s.settle_margin;
         e.transient.max_elapsed = s.transient_max_elapsed;
         e.lookup_retry.max_interval = s.lookup_max_interval;
         e.removal_retry.max_interval = s.removal_max_interval;
@@ -1118,26 +1118,78 @@ mod tests {
         }
     }
 
-    /// The shipped example is valid and states the defaults.
+    /// The shipped example is valid and every value it sets is the default (so the example
+    /// and `defaults`/`Policy::default`/`ClientSettings::new` cannot drift apart), except the
+    /// three it sets on purpose: the key's source, the database's path and the health file.
     #[test]
-    fn example_config_parses() {
+    fn example_config_states_the_defaults() {
         let text = include_str!("../config.toml.example").replace(
             "merchant_key_file = \"/etc/nicebill/merchant.key\"",
             "merchant_key_env = \"NB_KEY\"",
         );
         let c = parse(&text).unwrap();
         let d = parse("[nicepay]\nmid = \"nictest04m\"\nmerchant_key_env = \"NB_KEY\"\n").unwrap();
-        assert_eq!(c.scheduler.tick, d.scheduler.tick);
-        assert_eq!(c.scheduler.concurrency, d.scheduler.concurrency);
-        assert_eq!(c.scheduler.lease, d.scheduler.lease);
-        assert_eq!(c.policy.retry_after, d.policy.retry_after);
-        assert_eq!(c.policy.resend_after, d.policy.resend_after);
-        assert_eq!(
-            c.scheduler.lookup_max_interval,
-            d.scheduler.lookup_max_interval
-        );
-        assert_eq!(c.nicepay.read_timeout, d.nicepay.read_timeout);
+        assert_eq!(format!("{:?}", c.nicepay), format!("{:?}", d.nicepay));
+        assert_eq!(format!("{:?}", c.scheduler), format!("{:?}", d.scheduler));
+        assert_eq!(format!("{:?}", c.policy), format!("{:?}", d.policy));
+        assert_eq!(c.log, d.log);
+        assert_eq!(c.database.auto_migrate, d.database.auto_migrate);
         assert_eq!(c.database.max_connections, d.database.max_connections);
+        assert_eq!(c.health.prometheus_file, d.health.prometheus_file);
+        assert_eq!(
+            format!("{:?}", c.engine_settings("x".into())),
+            format!("{:?}", d.engine_settings("x".into()))
+        );
+        // The three on purpose.
+        assert_eq!(d.database.url.to_string(), "sqlite://nicebill.db");
+        assert_eq!(
+            c.database.url.to_string(),
+            "sqlite:///var/lib/nicebill/nicebill.db"
+        );
+        assert_eq!(d.health.file, None);
+        // Every key the configuration knows is in the example (set or commented out).
+        for key in [
+            "mid",
+            "merchant_key_file",
+            "merchant_key_env",
+            "merchant_key",
+            "base_url",
+            "connect_timeout",
+            "read_timeout",
+            "charset",
+            "edi_type",
+            "url",
+            "auto_migrate",
+            "max_connections",
+            "tick",
+            "timezone",
+            "concurrency",
+            "batch",
+            "lease",
+            "catch_up",
+            "moid_prefix",
+            "settle_margin",
+            "retry_after",
+            "final_state",
+            "request_error_retry",
+            "resend_after",
+            "transient_max_elapsed",
+            "lookup_max_interval",
+            "removal_max_interval",
+            "throttle_pause",
+            "late_check_after",
+            "file",
+            "prometheus_file",
+            "format",
+            "level",
+        ] {
+            assert!(
+                include_str!("../config.toml.example").lines().any(|l| l
+                    .trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))),
+                "config.toml.example lacks {key}"
+            );
+        }
     }
 
     const DURATION_RANGES: [Range; 12] = [
@@ -1219,11 +1271,11 @@ mod tests {
         }
         let c = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let e = c.engine_settings("x".into());
-        assert_eq!(e.settle, Duration::from_secs(2 * 1200 + 600 + 86_400));
+        assert_eq!(e.settle(), Duration::from_secs(2 * 1200 + 600 + 86_400));
         // What the engine and `run --once` form from these, checked.
         let far = chrono::DateTime::<chrono::Utc>::MAX_UTC - chrono::Duration::days(365_000);
         for wait in [
-            e.settle * 3 + e.lease,
+            e.settle() * 3 + e.lease,
             e.policy.retry_after[99],
             e.removal_retry.max_interval,
         ] {

@@ -124,6 +124,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<PassReport, DaemonError> {
     let (engine, db_clock) = engine(&config, time).await?;
+    run_engine(config, engine, db_clock, once, shutdown).await
+}
+
+/// [`run`] with an engine already built (tests build one with hooks).
+pub async fn run_engine(
+    config: Config,
+    engine: Engine,
+    db_clock: Option<Arc<DbClock>>,
+    once: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<PassReport, DaemonError> {
     tracing::info!(
         database = %engine.store().url(),
         owner = %engine.settings().owner,
@@ -170,6 +181,11 @@ pub async fn run(
     // bound so that READY comes in time; whatever is left is looked up by the passes.
     match tokio::time::timeout(STARTUP_LOOKUPS, engine.resolve_left_in_flight()).await {
         Ok(Ok(r)) => total.resolved += r.resolved,
+        Ok(Err(e @ EngineError::TaskPanicked { .. })) => {
+            health.write(&engine, None).await;
+            let _ = scheduler.shutdown().await;
+            return Err(e.into());
+        }
         Ok(Err(e)) => tracing::error!("resolving attempts left in flight failed: {e}"),
         Err(_) => tracing::warn!(
             "attempts left in flight are still being looked up after {} s; the passes finish the job",
@@ -218,13 +234,26 @@ pub async fn run(
                         }
                     }
                 };
-                health.write(&engine, result.as_ref().err().map(|e| e.to_string())).await;
+                let database_error = match &result {
+                    Err(e @ EngineError::Store(_)) => Some(e.to_string()),
+                    _ => None,
+                };
+                health.write(&engine, database_error).await;
                 match result {
                     Ok(report) => {
                         if report != PassReport::default() {
                             tracing::info!(?report, "pass");
                         }
                         total.merge(&report);
+                    }
+                    // A task that panicked is a bug: the health file says failing (written
+                    // above) and the daemon exits non-zero, so that systemd restarts it. Its
+                    // attempts were committed before sending: the next run looks them up.
+                    Err(e @ EngineError::TaskPanicked { .. }) => {
+                        tracing::error!("pass failed: {e}; exiting to be restarted");
+                        engine.stop();
+                        let _ = scheduler.shutdown().await;
+                        return Err(e.into());
                     }
                     // A pass that fails (database down, say) is retried on the next tick;
                     // whatever it left unresolved is looked up then.
@@ -309,7 +338,8 @@ fn spawn_webhooks(
 /// attempts that cannot be concluded yet.
 async fn run_once(engine: &Engine, db_clock: Option<&DbClock>) -> Result<PassReport, DaemonError> {
     let mut total = engine.resolve_left_in_flight().await?;
-    let wait = (engine.settings().settle.saturating_mul(3)).saturating_add(engine.settings().lease);
+    let wait =
+        (engine.settings().settle().saturating_mul(3)).saturating_add(engine.settings().lease);
     let start = tokio::time::Instant::now();
     let deadline = start
         .checked_add(wait)
@@ -397,6 +427,7 @@ impl HealthWriter {
         }
     }
 
+    /// `pass_error`: the database error the last pass failed on, if it did.
     async fn write(&self, engine: &Engine, pass_error: Option<String>) {
         if self.file.is_none() && self.prometheus.is_none() {
             return;
@@ -405,7 +436,6 @@ impl HealthWriter {
         let stats = engine.stats();
         let figures = engine.store().health_figures(now).await;
         let (database_error, figures) = match figures {
-            // A pass fails only on the database (`EngineError` has no other kind).
             Ok(f) => (pass_error, f),
             Err(e) => (Some(e.to_string()), HealthFigures::default()),
         };
@@ -433,6 +463,7 @@ impl HealthWriter {
             in_flight,
             oldest_unresolved_age_secs: oldest.map(|t| (now - t).num_seconds().max(0) as u64),
             double_charges,
+            task_panics: stats.task_panics.load(Ordering::Relaxed),
         };
         let (status, reason) = health::assess(&observation);
         let last_success = stats.gateway_last_success.load(Ordering::Relaxed);

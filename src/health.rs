@@ -38,6 +38,10 @@ pub struct Counters {
     pub not_charged: u64,
     pub removed: u64,
     pub invalid: u64,
+    /// Tasks of a pass that panicked (a bug): the health file says `failing` and the daemon
+    /// exits so that systemd restarts it.
+    #[serde(default)]
+    pub task_panics: u64,
 }
 
 impl Counters {
@@ -49,6 +53,7 @@ impl Counters {
             not_charged: s.not_charged.load(Ordering::Relaxed),
             removed: s.removed.load(Ordering::Relaxed),
             invalid: s.invalid.load(Ordering::Relaxed),
+            task_panics: s.task_panics.load(Ordering::Relaxed),
         }
     }
 }
@@ -121,11 +126,21 @@ pub struct Observation {
     pub webhooks: Webhooks,
     /// `[health] webhook_max_age`, in seconds.
     pub webhook_max_age_secs: u64,
+    pub task_panics: u64,
 }
 
-/// Decides the status: the database down is failing; the gateway failing repeatedly or an
-/// attempt unresolved for long is degraded.
+/// Decides the status: the database down, or a task of a pass that panicked, is failing; the
+/// gateway failing repeatedly or an attempt unresolved for long is degraded.
 pub fn assess(o: &Observation) -> (Status, String) {
+    if o.task_panics > 0 {
+        return (
+            Status::Failing,
+            format!(
+                "{} task(s) of a pass panicked; nicebill exits to be restarted",
+                o.task_panics
+            ),
+        );
+    }
     if let Some(e) = &o.database_error {
         return (Status::Failing, format!("database: {e}"));
     }
@@ -299,10 +314,13 @@ pub fn prometheus(h: &Health) -> String {
         ("not_charged", c.not_charged),
         ("removed", c.removed),
         ("invalid", c.invalid),
+        ("task_panics", c.task_panics),
     ] {
         metric(
             &format!("{name}_total"),
-            &format!("Attempts {name} (billkeys removed, rows invalid) since start."),
+            &format!(
+                "Attempts {name} (billkeys removed, rows invalid, tasks panicked) since start."
+            ),
             "counter",
             value.to_string(),
         );
@@ -400,6 +418,7 @@ mod tests {
             double_charges: 0,
             webhooks: Webhooks::default(),
             webhook_max_age_secs: 3600,
+            task_panics: 0,
         };
         let delivering = |backlog, age, dead| Webhooks {
             delivering: true,
@@ -468,6 +487,13 @@ mod tests {
                     ..base.clone()
                 },
                 Status::Degraded,
+            ),
+            (
+                Observation {
+                    task_panics: 1,
+                    ..base.clone()
+                },
+                Status::Failing,
             ),
             (
                 Observation {

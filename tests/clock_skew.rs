@@ -44,8 +44,15 @@ use serde_json::Value;
 use support::*;
 
 const SUBSCRIPTIONS: usize = 24;
-/// 2 × (connect 1 s + read 1 s) + transient_max_elapsed 1 s + settle_margin 1 s.
-const SETTLE_SECS: f64 = 6.0;
+/// The settle window of a configuration, as the daemon computes it
+/// ([`nicebill::config::settle_window`]): 6 s for these tests' configurations.
+fn settle_secs(config: &Path) -> f64 {
+    nicebill::config::Config::load(config)
+        .unwrap()
+        .engine_settings("probe".into())
+        .settle()
+        .as_secs_f64()
+}
 /// Held approvals land within the settle window: 1 s to send at most, 3 s held.
 const HOLD_MS: &str = "3000";
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -214,6 +221,7 @@ async fn two_instances_five_minutes_apart_conclude_nothing_early_and_charge_once
     }
 
     let dir = tempfile::tempdir().unwrap();
+    let settle = settle_secs(&write_config(dir.path(), "probe", 1, &sim_url, &db.url));
     // The honest instance sends one approval at a time, the skewed one (slowed down a little
     // by libfaketime) four: neither can take all the work before the other's first pass.
     let spawn = |name: &str, skewed: bool| {
@@ -338,8 +346,8 @@ async fn two_instances_five_minutes_apart_conclude_nothing_early_and_charge_once
     for c in &concluded {
         // The row's own times are the database's clock as nicebill reads it: exact.
         assert!(
-            c.row_secs >= SETTLE_SECS,
-            "charge {} ({}) concluded not_charged {:.3} s after its commit (settle {SETTLE_SECS} s)",
+            c.row_secs >= settle,
+            "charge {} ({}) concluded not_charged {:.3} s after its commit (settle {settle} s)",
             c.id,
             c.tid,
             c.row_secs
@@ -347,9 +355,9 @@ async fn two_instances_five_minutes_apart_conclude_nothing_early_and_charge_once
         // The database's clock_timestamp() at the commit and the conclusion: the commit's
         // statement runs a moment after nicebill read the time, hence a small allowance.
         assert!(
-            c.db_secs >= SETTLE_SECS - 0.5,
+            c.db_secs >= settle - 0.5,
             "charge {} ({}) concluded not_charged {:.3} s after its commit by the database's \
-             clock (settle {SETTLE_SECS} s)",
+             clock (settle {settle} s)",
             c.id,
             c.tid,
             c.db_secs
@@ -399,7 +407,7 @@ async fn two_instances_five_minutes_apart_conclude_nothing_early_and_charge_once
     eprintln!(
         "{TEST}: {} attempts {states:?} ({by_honest} by the honest instance, {by_skewed} by the skewed one), \
          {looked_up_approved} approvals found by lookup, {} concluded not found \
-         (earliest {:.2} s by the database's clock, {:.2} s by the rows; settle {SETTLE_SECS} s), \
+         (earliest {:.2} s by the database's clock, {:.2} s by the rows; settle {settle} s), \
          in {:?}",
         charges.len(),
         concluded.len(),

@@ -236,6 +236,7 @@ impl Stall {
                     })
                 }
             })),
+            ..Hooks::default()
         };
         (Stall { claimed, release }, hooks)
     }

@@ -47,9 +47,9 @@ pub struct EngineSettings {
     /// How long a claim holds before another instance may take it over.
     pub lease: Duration,
     pub policy: Policy,
-    /// After this long from its commit, an attempt can no longer be in flight anywhere, so a
-    /// status lookup answering "no such transaction" proves it was never approved.
-    pub settle: Duration,
+    /// An attempt not sent within this long of its commit is not sent at all; part of
+    /// [`EngineSettings::settle`].
+    pub settle_margin: Duration,
     /// The longest one HTTP call may take (connect + read timeout).
     pub call_timeout: Duration,
     /// In-process retries of calls that never reached NICEPAY, and of failed lookups.
@@ -74,12 +74,19 @@ pub struct EngineSettings {
 pub struct Hooks {
     /// Awaited after a batch of subscriptions is claimed, before its attempts are committed.
     pub after_claim: Option<Arc<dyn Fn() -> futures_hook::Hook + Send + Sync>>,
+    /// Called in a sender task after its attempt is committed, before it is sent (a test
+    /// makes it panic).
+    pub before_send: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Called in the outcome writer before each group commit (a test makes it panic).
+    pub before_write: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
             .field("after_claim", &self.after_claim.is_some())
+            .field("before_send", &self.before_send.is_some())
+            .field("before_write", &self.before_write.is_some())
             .finish()
     }
 }
@@ -98,11 +105,7 @@ impl EngineSettings {
             batch: defaults::CONCURRENCY as i64,
             lease: defaults::LEASE,
             policy,
-            settle: config::settle_window(
-                call_timeout,
-                defaults::TRANSIENT_MAX_ELAPSED,
-                defaults::SETTLE_MARGIN,
-            ),
+            settle_margin: defaults::SETTLE_MARGIN,
             call_timeout,
             transient: RetryPolicy::new(
                 Duration::from_millis(200),
@@ -125,6 +128,17 @@ impl EngineSettings {
         }
     }
 
+    /// After this long from its commit, an attempt can no longer be in flight anywhere, so a
+    /// status lookup answering "no such transaction" proves it was never approved
+    /// ([`config::settle_window`] of these settings).
+    pub fn settle(&self) -> Duration {
+        config::settle_window(
+            self.call_timeout,
+            self.transient.max_elapsed,
+            self.settle_margin,
+        )
+    }
+
     /// A unique owner name for this process.
     pub fn default_owner() -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -142,6 +156,10 @@ impl EngineSettings {
 pub enum EngineError {
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// A task of the pass panicked (a bug). Its attempts stay `pending`/`unknown` in the
+    /// database and are looked up by a later pass or instance.
+    #[error("{count} task(s) of the pass panicked (first: {first}); restart needed")]
+    TaskPanicked { count: usize, first: String },
 }
 
 /// Counters since start, for health and metrics.
@@ -163,8 +181,10 @@ pub struct Stats {
     pub claims: AtomicU64,
     pub claim_nanos_total: AtomicU64,
     pub claim_nanos_max: AtomicU64,
-    /// Unix time of the last NICEPAY answer (0: none yet).
+    /// Unix time of the last NICEPAY answer that was not an overload signal (0: none yet).
     pub gateway_last_success: std::sync::atomic::AtomicI64,
+    /// Tasks of a pass (senders, the outcome writer, lookups) that panicked.
+    pub task_panics: AtomicU64,
 }
 
 /// What one pass did.
@@ -287,7 +307,7 @@ impl Engine {
     /// time: an approval found settles at once; "not found" still waits until the attempt
     /// cannot be in flight.
     pub async fn resolve_left_in_flight(&self) -> Result<PassReport, EngineError> {
-        self.resolve_by(later(self.clock.now(), self.settings.settle))
+        self.resolve_by(later(self.clock.now(), self.settings.settle()))
             .await
     }
 
@@ -334,10 +354,12 @@ impl Engine {
             Settledness::Settled(s) => Some(s),
             Settledness::Unresolved => None,
         };
-        tally(&[(outcome.clone(), settledness)], &self.stats);
+        let counted = tally(&[(outcome.clone(), settledness)]);
         self.store
             .record_outcomes(self.clock.now(), vec![outcome])
             .await?;
+        // Counted once the outcome is in the database.
+        counted.add_to(&self.stats);
         Ok(ChargeNow::Attempted {
             cycle,
             tid,
@@ -361,6 +383,7 @@ impl Engine {
             self.store.clone(),
             self.clock.clone(),
             Arc::clone(&self.stats),
+            s.hooks.before_write.clone(),
             out_rx,
         ));
         let (queue_tx, mut queue_rx) = mpsc::channel::<InFlight>(concurrency * 2);
@@ -427,6 +450,7 @@ impl Engine {
         };
         let sender = async {
             let mut tasks = JoinSet::new();
+            let mut panics = Panics::default();
             while let Some(attempt) = queue_rx.recv().await {
                 let permit = Arc::clone(&permits)
                     .acquire_owned()
@@ -435,20 +459,31 @@ impl Engine {
                 let engine = self.clone();
                 let tx = out_tx.clone();
                 tasks.spawn(async move {
+                    if let Some(hook) = &engine.settings.hooks.before_send {
+                        hook();
+                    }
                     let outcome = engine.send(attempt).await;
                     drop(permit);
                     // The writer only stops when every sender is gone.
                     let _ = tx.send(outcome).await;
                 });
-                while tasks.try_join_next().is_some() {}
+                while let Some(done) = tasks.try_join_next() {
+                    panics.note(&self.stats, "sender", done);
+                }
             }
-            while tasks.join_next().await.is_some() {}
+            while let Some(done) = tasks.join_next().await {
+                panics.note(&self.stats, "sender", done);
+            }
+            panics
         };
-        let (claimed, ()) = tokio::join!(claimer, sender);
+        let (claimed, mut panics) = tokio::join!(claimer, sender);
         drop(out_tx);
-        let written = writer.await.unwrap_or_default();
+        let written = writer.await;
+        let written = panics.note(&self.stats, "outcome writer", written);
+        // A panic outranks a database error: the daemon must exit on it.
+        panics.check()?;
         let mut report = claimed?;
-        report.merge(&written);
+        report.merge(&written.unwrap_or_default());
         Ok(report)
     }
 
@@ -598,7 +633,7 @@ impl Engine {
                         amount: valid.amount.value(),
                         bid: valid.bid.to_string(),
                         due_at,
-                        check_after: later(now, s.settle),
+                        check_after: later(now, s.settle()),
                         events: skipped_events(
                             &skipped,
                             "catch-up policy charges only the latest due cycle",
@@ -655,12 +690,7 @@ impl Engine {
         // An attempt may be looked up by another instance from `committed_at + settle`; it must
         // be over by then, so one that waited too long is not sent at all. Waiting is measured
         // on the monotonic clock from before the commit: no wall-clock jump can stretch it.
-        let send_window = self.settings.settle.saturating_sub(
-            self.settings
-                .call_timeout
-                .saturating_mul(2)
-                .saturating_add(self.settings.transient.max_elapsed),
-        );
+        let send_window = self.settings.settle_margin;
         let request = ApproveRequest {
             bid: a.valid.bid.clone(),
             tid: a.tid.clone(),
@@ -709,7 +739,7 @@ impl Engine {
                 // Ambiguous: the status lookup decides, now if it can.
                 let first = describe(&result);
                 self.resolve(
-                    &charge_facts(&a, self.settings.settle, class == Class::Duplicate),
+                    &charge_facts(&a, self.settings.settle(), class == Class::Duplicate),
                     0,
                     Some(first),
                 )
@@ -761,7 +791,7 @@ impl Engine {
             }
             Err(e) => r.error = Some(e.to_string()),
         }
-        let facts = charge_facts(a, self.settings.settle, false);
+        let facts = charge_facts(a, self.settings.settle(), false);
         self.outcome_for(&facts, settled, r)
     }
 
@@ -1086,7 +1116,7 @@ impl Engine {
                     .error
                     .as_deref()
                     .is_some_and(|e| e.contains(&format!("[{}]", Class::Duplicate.as_str()))),
-            settles_at: later(charge.created_at.and_utc(), s.settle),
+            settles_at: later(charge.created_at.and_utc(), s.settle()),
         }))
     }
 
@@ -1119,8 +1149,12 @@ impl Engine {
         let s = &self.settings;
         // Each attempt is looked up at most once per call: the cursor only moves forward.
         let mut after_id = 0;
+        let mut panics = Panics::default();
+        let mut stopped_early = false;
+        let mut looked_up = std::collections::HashSet::new();
         loop {
             if self.stopping() {
+                stopped_early = true;
                 break;
             }
             let now = self.clock.now();
@@ -1141,6 +1175,7 @@ impl Engine {
                 .await?;
             let Some(last) = rows.last() else { break };
             after_id = last.id;
+            looked_up.extend(rows.iter().map(|r| r.id));
             let mut lookups = JoinSet::new();
             for charge in rows {
                 let engine = self.clone();
@@ -1148,16 +1183,14 @@ impl Engine {
             }
             let mut outcomes = Vec::new();
             while let Some(done) = lookups.join_next().await {
-                match done {
-                    Ok(Ok(Some(outcome))) => outcomes.push(outcome),
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => tracing::error!("a status lookup task failed: {e}"),
+                match panics.note(&self.stats, "status lookup", done) {
+                    Some(Ok(Some(outcome))) => outcomes.push(outcome),
+                    Some(Ok(None)) | None => {}
+                    Some(Err(e)) => return Err(e),
                 }
             }
-            let counted = tally(&outcomes, &self.stats);
-            report.merge(&counted);
-            report.resolved += outcomes
+            let counted = tally(&outcomes);
+            let resolved = outcomes
                 .iter()
                 .filter(|(_, s)| matches!(s, Settledness::Settled(_)))
                 .count();
@@ -1165,8 +1198,66 @@ impl Engine {
             self.store
                 .record_outcomes(self.clock.now(), outcomes)
                 .await?;
+            // Counted once the outcomes are in the database.
+            counted.add_to(&self.stats);
+            report.merge(&counted);
+            report.resolved += resolved;
         }
+        self.log_not_looked_up(horizon, &looked_up, stopped_early)
+            .await?;
+        panics.check()?;
         Ok(report)
+    }
+
+    /// Says which unresolved attempts this call did not look up, and why: shutting down, not
+    /// due yet (or held by another instance's lookup until then), or claimed by another
+    /// instance first. One line per reason at info, one per attempt at debug.
+    async fn log_not_looked_up(
+        &self,
+        horizon: DateTime<Utc>,
+        looked_up: &std::collections::HashSet<i64>,
+        stopped_early: bool,
+    ) -> Result<(), EngineError> {
+        let left: Vec<ChargeRow> = self
+            .store
+            .unresolved()
+            .await?
+            .into_iter()
+            .filter(|c| !looked_up.contains(&c.id))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        let mut by_reason: std::collections::BTreeMap<&str, (Vec<i64>, Option<DateTime<Utc>>)> =
+            Default::default();
+        for c in &left {
+            let next = c.check_after.map(|t| t.and_utc());
+            let reason = if stopped_early {
+                "shutting down"
+            } else if next.is_some_and(|t| t > horizon) {
+                "its next lookup is not due yet (or another instance holds it for its lookup until then)"
+            } else {
+                "another instance claimed it for its lookup first"
+            };
+            tracing::debug!(charge = c.id, subscription = c.subscription_id, tid = %c.tid, next_lookup_at = ?next, reason, "unresolved attempt not looked up in this pass");
+            let entry = by_reason.entry(reason).or_default();
+            entry.0.push(c.id);
+            entry.1 = match (entry.1, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        for (reason, (ids, earliest)) in by_reason {
+            let shown: Vec<i64> = ids.iter().copied().take(10).collect();
+            tracing::info!(
+                count = ids.len(),
+                charges = ?shown,
+                earliest_next_lookup_at = ?earliest,
+                reason,
+                "unresolved attempts not looked up in this pass"
+            );
+        }
+        Ok(())
     }
 
     // ---- late checks ----
@@ -1177,6 +1268,7 @@ impl Engine {
     /// degraded, and `nicebill charges doubles` lists it. Nothing is refunded automatically.
     async fn check_late(&self) -> Result<PassReport, EngineError> {
         let mut report = PassReport::default();
+        let mut panics = Panics::default();
         let s = &self.settings;
         while !self.stopping() {
             let now = self.clock.now();
@@ -1197,12 +1289,8 @@ impl Engine {
                 });
             }
             while let Some(done) = lookups.join_next().await {
-                let (charge, finding) = match done {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::error!("a late lookup task failed: {e}");
-                        continue;
-                    }
+                let Some((charge, finding)) = panics.note(&self.stats, "late lookup", done) else {
+                    continue;
                 };
                 let tid = charge.tid.clone();
                 let (sub, cycle) = (charge.subscription_id, charge.cycle);
@@ -1225,6 +1313,7 @@ impl Engine {
                 }
             }
         }
+        panics.check()?;
         Ok(report)
     }
 
@@ -1233,7 +1322,7 @@ impl Engine {
         let Ok(tid) = Tid::new(charge.tid.clone()) else {
             return LateFinding::NotFound;
         };
-        let settles_at = later(charge.created_at.and_utc(), self.settings.settle);
+        let settles_at = later(charge.created_at.and_utc(), self.settings.settle());
         match self.look_up_tid(&tid).await {
             Err(e) => LateFinding::Again {
                 at: later(now, self.settings.lookup_retry.delay(0)),
@@ -1377,10 +1466,15 @@ impl Engine {
                     .gateway_failures_in_a_row
                     .fetch_add(1, Ordering::Relaxed);
             }
-            _ => self
-                .stats
-                .gateway_failures_in_a_row
-                .store(0, Ordering::Relaxed),
+            // NICEPAY answered (approved, declined, refused, duplicate, …): it is reachable.
+            _ => {
+                self.stats
+                    .gateway_failures_in_a_row
+                    .store(0, Ordering::Relaxed);
+                self.stats
+                    .gateway_last_success
+                    .fetch_max(self.clock.now().timestamp(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -1521,33 +1615,89 @@ fn describe<T>(result: &Result<Reply<T>, CallError>) -> String {
     }
 }
 
-fn tally(outcomes: &[(Outcome, Settledness)], stats: &Stats) -> PassReport {
+/// What outcomes amount to. Added to the counters ([`PassReport::add_to`]) only once the
+/// outcomes are in the database.
+fn tally(outcomes: &[(Outcome, Settledness)]) -> PassReport {
     let mut r = PassReport::default();
     for (_, s) in outcomes {
         match s {
-            Settledness::Settled(Settled::Approved) => {
-                r.charged += 1;
-                stats.charged.fetch_add(1, Ordering::Relaxed);
-            }
-            Settledness::Settled(Settled::Declined) => {
-                r.declined += 1;
-                stats.declined.fetch_add(1, Ordering::Relaxed);
-            }
-            Settledness::Settled(Settled::PermanentCard | Settled::RequestError) => {
-                r.failed += 1;
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            Settledness::Settled(Settled::NotCharged) => {
-                r.not_charged += 1;
-                stats.not_charged.fetch_add(1, Ordering::Relaxed);
-            }
-            Settledness::Unresolved => {
-                r.unresolved += 1;
-                stats.unresolved.fetch_add(1, Ordering::Relaxed);
-            }
+            Settledness::Settled(Settled::Approved) => r.charged += 1,
+            Settledness::Settled(Settled::Declined) => r.declined += 1,
+            Settledness::Settled(Settled::PermanentCard | Settled::RequestError) => r.failed += 1,
+            Settledness::Settled(Settled::NotCharged) => r.not_charged += 1,
+            Settledness::Unresolved => r.unresolved += 1,
         }
     }
     r
+}
+
+impl PassReport {
+    /// Adds a tally of recorded outcomes to the counters.
+    fn add_to(&self, stats: &Stats) {
+        for (counter, n) in [
+            (&stats.charged, self.charged),
+            (&stats.declined, self.declined),
+            (&stats.failed, self.failed),
+            (&stats.not_charged, self.not_charged),
+            (&stats.unresolved, self.unresolved),
+        ] {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Tasks of a pass that panicked: each is logged at error and counted as it is found; the
+/// pass then fails with [`EngineError::TaskPanicked`] (the daemon exits so that systemd
+/// restarts it). What the task had in hand stays unresolved in the database.
+#[derive(Default)]
+struct Panics {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Panics {
+    /// The task's result, or `None` after noting its failure.
+    fn note<T>(
+        &mut self,
+        stats: &Stats,
+        task: &str,
+        done: Result<T, tokio::task::JoinError>,
+    ) -> Option<T> {
+        match done {
+            Ok(x) => Some(x),
+            Err(e) => {
+                let what = if e.is_panic() {
+                    let payload = e.into_panic();
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".into());
+                    format!("{task} task panicked: {}", bounded(&text))
+                } else {
+                    format!("{task} task was cancelled: {e}")
+                };
+                tracing::error!(
+                    task,
+                    "{what}; its attempts stay unresolved and are looked up by a later pass"
+                );
+                stats.task_panics.fetch_add(1, Ordering::Relaxed);
+                self.count += 1;
+                self.first.get_or_insert(what);
+                None
+            }
+        }
+    }
+
+    fn check(self) -> Result<(), EngineError> {
+        match self.first {
+            None => Ok(()),
+            Some(first) => Err(EngineError::TaskPanicked {
+                count: self.count,
+                first,
+            }),
+        }
+    }
 }
 
 /// How long the outcome writer gathers outcomes into one transaction.
@@ -1559,6 +1709,7 @@ async fn write_outcomes(
     store: Store,
     clock: SharedClock,
     stats: Arc<Stats>,
+    before_write: Option<Arc<dyn Fn() + Send + Sync>>,
     mut rx: mpsc::Receiver<(Outcome, Settledness)>,
 ) -> PassReport {
     let mut report = PassReport::default();
@@ -1573,10 +1724,17 @@ async fn write_outcomes(
                 Ok(None) | Err(_) => break,
             }
         }
-        let counted = tally(&batch, &stats);
+        let counted = tally(&batch);
         let outcomes: Vec<Outcome> = batch.into_iter().map(|(o, _)| o).collect();
+        if let Some(hook) = &before_write {
+            hook();
+        }
         match store.record_outcomes(clock.now(), outcomes).await {
-            Ok(_) => report.merge(&counted),
+            // Counted once committed.
+            Ok(_) => {
+                counted.add_to(&stats);
+                report.merge(&counted);
+            }
             Err(e) => tracing::error!(
                 "could not record {} outcomes ({e}); they stay unresolved and will be looked up",
                 counted.charged

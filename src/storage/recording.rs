@@ -235,6 +235,12 @@ impl Store {
         outcomes: Vec<Outcome>,
     ) -> Result<usize, StoreError> {
         let now = naive(now);
+        let mut outcomes = outcomes;
+        for o in &mut outcomes {
+            if let Some(e) = &mut o.result.error {
+                bound_error(e);
+            }
+        }
         self.write(move |c| {
             let mut applied = HashSet::new();
             for chunk in outcomes.chunks(batch::ROWS_PER_STATEMENT) {
@@ -672,4 +678,40 @@ fn set_status_if_active(
             billing_state::updated_at.eq(now),
         ))
         .execute(c)?)
+}
+
+/// The longest `charges.error` kept, in characters. The column holds the attempt's first error
+/// only (later lookups count in `lookups`/`last_lookup_at` and note in `result_msg`), so it
+/// cannot grow with lookups; this bounds an overlong first error too.
+pub const ERROR_MAX_CHARS: usize = 500;
+
+/// Cuts `text` to [`ERROR_MAX_CHARS`] characters (on a character boundary), ending in `…`
+/// when cut.
+pub fn bound_error(text: &mut String) {
+    if let Some((cut, _)) = text.char_indices().nth(ERROR_MAX_CHARS - 1) {
+        if text[cut..].chars().count() > 1 {
+            text.truncate(cut);
+            text.push('…');
+        }
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_cut_on_a_character_boundary() {
+        let mut short = "é".repeat(ERROR_MAX_CHARS);
+        bound_error(&mut short);
+        assert_eq!(
+            short,
+            "é".repeat(ERROR_MAX_CHARS),
+            "exactly the bound is kept"
+        );
+        let mut long = "가".repeat(ERROR_MAX_CHARS * 3);
+        bound_error(&mut long);
+        assert_eq!(long.chars().count(), ERROR_MAX_CHARS);
+        assert_eq!(long, format!("{}…", "가".repeat(ERROR_MAX_CHARS - 1)));
+    }
 }
