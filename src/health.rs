@@ -38,6 +38,9 @@ pub struct Counters {
     pub not_charged: u64,
     pub removed: u64,
     pub invalid: u64,
+    /// Approvals answered with a result code nicebill does not list (`unlisted_code`).
+    #[serde(default)]
+    pub unlisted_code: u64,
 }
 
 impl Counters {
@@ -49,6 +52,7 @@ impl Counters {
             not_charged: s.not_charged.load(Ordering::Relaxed),
             removed: s.removed.load(Ordering::Relaxed),
             invalid: s.invalid.load(Ordering::Relaxed),
+            unlisted_code: s.unlisted_codes.load(Ordering::Relaxed),
         }
     }
 }
@@ -241,6 +245,7 @@ pub fn prometheus(h: &Health) -> String {
         ("not_charged", c.not_charged),
         ("removed", c.removed),
         ("invalid", c.invalid),
+        ("unlisted_code", c.unlisted_code),
     ] {
         metric(
             &format!("{name}_total"),
@@ -413,10 +418,11 @@ mod tests {
         assert_eq!(check(&path, Some(120), now).0, 0);
         std::fs::write(&path, "{").unwrap();
         assert_eq!(check(&path, None, now).0, 2);
-        let text = prometheus(&Health {
-            double_charges: 2,
-            ..health(Status::Degraded, now)
-        });
+        let mut h = health(Status::Degraded, now);
+        h.double_charges = 2;
+        h.counters.unlisted_code = 3;
+        let text = prometheus(&h);
+        assert!(text.contains("nicebill_unlisted_code_total 3\n"), "{text}");
         assert!(
             text.contains("nicebill_double_charges 2\n")
                 && text.contains("# TYPE nicebill_double_charges gauge"),

@@ -154,6 +154,8 @@ pub struct Stats {
     pub unresolved: AtomicU64,
     pub removed: AtomicU64,
     pub invalid: AtomicU64,
+    /// Approvals answered with a result code the gateway does not list.
+    pub unlisted_codes: AtomicU64,
     /// Double charges found by late lookups.
     pub doubles: AtomicU64,
     /// Approvals found by late lookups (concluded not charged before).
@@ -826,6 +828,10 @@ impl Engine {
             (Settled::RequestError, _) => {
                 events.push(Event::sub(id, EventKind::RequestError, what(&result)))
             }
+            (Settled::UnlistedCode, _) => {
+                tracing::warn!(subscription = id.0, tid = %f.tid, code = ?result.result_code, msg = ?result.result_msg, "NICEPAY answered with a result code nicebill does not list; not a decline, retried on the request-error schedule");
+                events.push(Event::sub(id, EventKind::UnlistedCode, what(&result)))
+            }
             (Settled::NotCharged, _) => {
                 events.push(Event::sub(id, EventKind::NotCharged, what(&result)))
             }
@@ -1466,6 +1472,7 @@ fn state_of(settled: Settled) -> ChargeState {
         Settled::Declined => ChargeState::Declined,
         Settled::PermanentCard => ChargeState::CardInvalid,
         Settled::RequestError => ChargeState::RequestError,
+        Settled::UnlistedCode => ChargeState::UnlistedCode,
         Settled::NotCharged => ChargeState::NotCharged,
     }
 }
@@ -1530,6 +1537,11 @@ fn tally(outcomes: &[(Outcome, Settledness)], stats: &Stats) -> PassReport {
             Settledness::Settled(Settled::PermanentCard | Settled::RequestError) => {
                 r.failed += 1;
                 stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Settledness::Settled(Settled::UnlistedCode) => {
+                r.failed += 1;
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                stats.unlisted_codes.fetch_add(1, Ordering::Relaxed);
             }
             Settledness::Settled(Settled::NotCharged) => {
                 r.not_charged += 1;
