@@ -436,6 +436,32 @@ async fn unlisted_codes_are_retried_and_never_cancel() {
         // Listed for the operator.
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), &w.sim.base_url(), Some(&db.url));
+        // The operator's `subscription add` refuses what the daemon would: exit 2, no row.
+        let before = w.store.subscriptions().await.unwrap().len();
+        let out = run(
+            &config,
+            &[
+                "subscription",
+                "add",
+                "--external-id",
+                "cli-ttom",
+                "--bid",
+                &unlisted_bid,
+                "--amount",
+                "9900",
+                "--goods-name",
+                "월간 똠",
+            ],
+            "",
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", w.label);
+        assert!(
+            err.contains("goods_name") && err.contains("KS X 1001"),
+            "{}: {err}",
+            w.label
+        );
+        assert_eq!(w.store.subscriptions().await.unwrap().len(), before);
         let out = run(
             &config,
             &["charges", "list", "--state", "unlisted_code", "--json"],
