@@ -575,3 +575,48 @@ async fn a_long_result_msg_is_stored_as_200_characters() {
         }
     }
 }
+
+/// A log sink for one thread's subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_unlisted_code_is_logged_at_warn_with_code_and_message() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // A current-thread runtime: the engine's tasks run on this thread, under this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let dbs = databases("edges_unlisted_log").await;
+            let w = world(&dbs[0]).await;
+            w.add("unlisted-log", "9410123456780006", |_| {}).await;
+            w.engine(Policy::default()).pass().await.unwrap();
+        });
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("does not list"))
+        .unwrap_or_else(|| panic!("no warning: {text}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("3999"), "{line}");
+    assert!(line.contains("알 수 없는 응답"), "{line}");
+}
