@@ -346,8 +346,13 @@ impl CardDetails {
         let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
         // Moved into its SecretString below, which zeroes it when dropped.
         let card_no: String = card_no.chars().filter(|c| *c != ' ' && *c != '-').collect();
-        if !(14..=19).contains(&card_no.len()) || !digits(&card_no) {
-            return Err(FieldError::new("CardNo", "must be 14 to 19 digits"));
+        // NICEPAY's limit, chosen in `gateway::nicepay::limits`.
+        let range = crate::gateway::nicepay::limits::CARD_NO_DIGITS;
+        if !range.contains(&card_no.len()) || !digits(&card_no) {
+            return Err(FieldError::new(
+                "CardNo",
+                format!("must be {} to {} digits", range.start(), range.end()),
+            ));
         }
         if exp_year.len() != 2 || !digits(exp_year) {
             return Err(FieldError::new("ExpYear", "must be two digits (YY)"));

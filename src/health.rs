@@ -42,6 +42,9 @@ pub struct Counters {
     /// exits so that systemd restarts it.
     #[serde(default)]
     pub task_panics: u64,
+    /// Approvals answered with a result code nicebill does not list (`unlisted_code`).
+    #[serde(default)]
+    pub unlisted_code: u64,
 }
 
 impl Counters {
@@ -54,6 +57,7 @@ impl Counters {
             removed: s.removed.load(Ordering::Relaxed),
             invalid: s.invalid.load(Ordering::Relaxed),
             task_panics: s.task_panics.load(Ordering::Relaxed),
+            unlisted_code: s.unlisted_codes.load(Ordering::Relaxed),
         }
     }
 }
@@ -315,6 +319,7 @@ pub fn prometheus(h: &Health) -> String {
         ("removed", c.removed),
         ("invalid", c.invalid),
         ("task_panics", c.task_panics),
+        ("unlisted_code", c.unlisted_code),
     ] {
         metric(
             &format!("{name}_total"),
@@ -538,10 +543,11 @@ mod tests {
         assert_eq!(check(&path, Some(120), now).0, 0);
         std::fs::write(&path, "{").unwrap();
         assert_eq!(check(&path, None, now).0, 2);
-        let text = prometheus(&Health {
-            double_charges: 2,
-            ..health(Status::Degraded, now)
-        });
+        let mut h = health(Status::Degraded, now);
+        h.double_charges = 2;
+        h.counters.unlisted_code = 3;
+        let text = prometheus(&h);
+        assert!(text.contains("nicebill_unlisted_code_total 3\n"), "{text}");
         assert!(
             text.contains("nicebill_double_charges 2\n")
                 && text.contains("# TYPE nicebill_double_charges gauge"),

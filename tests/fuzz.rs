@@ -1,5 +1,6 @@
 //! Property tests: the response parser, the form decoder and the config loader never panic on
-//! arbitrary input, and form encoding round-trips every EUC-KR representable text.
+//! arbitrary input, and form encoding round-trips every strict EUC-KR (KS X 1001) text and
+//! refuses the rest.
 
 use std::path::Path;
 
@@ -29,10 +30,25 @@ proptest! {
 
     #[test]
     fn form_round_trip(value in "[ -~가-힣]{0,20}") {
+        // KS X 1001 (strict EUC-KR): every multi-byte character's two bytes are 0xA1..=0xFE.
+        // The 8,822 syllables only CP949 has are refused, naming the field.
+        let strict = value.chars().all(|c| {
+            let text = c.to_string();
+            let bytes = encoding_rs::EUC_KR.encode(&text).0;
+            bytes.len() == 1 || bytes.iter().all(|b| *b >= 0xA1)
+        });
         let mut builder = form::FormBuilder::new();
-        builder.field("GoodsName", &value, 40).unwrap();
-        let decoded = form::decode(builder.finish().as_bytes()).unwrap();
-        prop_assert_eq!(decoded, vec![("GoodsName".to_owned(), value)]);
+        match builder.field("GoodsName", &value, 40) {
+            Ok(_) => {
+                prop_assert!(strict, "{value:?} was accepted");
+                let decoded = form::decode(builder.finish().as_bytes()).unwrap();
+                prop_assert_eq!(decoded, vec![("GoodsName".to_owned(), value)]);
+            }
+            Err(e) => {
+                prop_assert!(!strict, "{value:?} was refused: {e}");
+                prop_assert_eq!(e.field, "GoodsName");
+            }
+        }
     }
 
     #[test]

@@ -172,6 +172,8 @@ pub struct Stats {
     pub unresolved: AtomicU64,
     pub removed: AtomicU64,
     pub invalid: AtomicU64,
+    /// Approvals answered with a result code the gateway does not list.
+    pub unlisted_codes: AtomicU64,
     /// Double charges found by late lookups.
     pub doubles: AtomicU64,
     /// Approvals found by late lookups (concluded not charged before).
@@ -203,6 +205,8 @@ pub struct PassReport {
     pub skipped_cycles: usize,
     pub late_checked: usize,
     pub doubles: usize,
+    /// Of `failed`: answered with a result code NICEPAY's lists do not name (retried).
+    pub unlisted_codes: usize,
 }
 
 impl PassReport {
@@ -220,6 +224,7 @@ impl PassReport {
         self.skipped_cycles += other.skipped_cycles;
         self.late_checked += other.late_checked;
         self.doubles += other.doubles;
+        self.unlisted_codes += other.unlisted_codes;
     }
 }
 
@@ -860,6 +865,10 @@ impl Engine {
             }
             (Settled::RequestError, _) => {
                 events.push(Event::sub(id, EventKind::RequestError, what(&result)))
+            }
+            (Settled::UnlistedCode, _) => {
+                tracing::warn!(subscription = id.0, tid = %f.tid, code = ?result.result_code, msg = ?result.result_msg, "NICEPAY answered with a result code nicebill does not list; not a decline, retried on the request-error schedule");
+                events.push(Event::sub(id, EventKind::UnlistedCode, what(&result)))
             }
             (Settled::NotCharged, _) => {
                 events.push(Event::sub(id, EventKind::NotCharged, what(&result)))
@@ -1566,6 +1575,7 @@ fn state_of(settled: Settled) -> ChargeState {
         Settled::Declined => ChargeState::Declined,
         Settled::PermanentCard => ChargeState::CardInvalid,
         Settled::RequestError => ChargeState::RequestError,
+        Settled::UnlistedCode => ChargeState::UnlistedCode,
         Settled::NotCharged => ChargeState::NotCharged,
     }
 }
@@ -1624,6 +1634,10 @@ fn tally(outcomes: &[(Outcome, Settledness)]) -> PassReport {
             Settledness::Settled(Settled::Approved) => r.charged += 1,
             Settledness::Settled(Settled::Declined) => r.declined += 1,
             Settledness::Settled(Settled::PermanentCard | Settled::RequestError) => r.failed += 1,
+            Settledness::Settled(Settled::UnlistedCode) => {
+                r.failed += 1;
+                r.unlisted_codes += 1;
+            }
             Settledness::Settled(Settled::NotCharged) => r.not_charged += 1,
             Settledness::Unresolved => r.unresolved += 1,
         }
@@ -1640,6 +1654,7 @@ impl PassReport {
             (&stats.failed, self.failed),
             (&stats.not_charged, self.not_charged),
             (&stats.unresolved, self.unresolved),
+            (&stats.unlisted_codes, self.unlisted_codes),
         ] {
             counter.fetch_add(n as u64, Ordering::Relaxed);
         }

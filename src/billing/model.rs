@@ -120,6 +120,9 @@ text_enum! {
         Declined => "declined",
         CardInvalid => "card_invalid",
         RequestError => "request_error",
+        /// NICEPAY answered with a code nicebill does not list: not approved, retried on the
+        /// request-error schedule, never a decline (`nicebill charges list --state unlisted_code`).
+        UnlistedCode => "unlisted_code",
         /// Never reached NICEPAY, or a lookup found no approval (looked up once more later).
         NotCharged => "not_charged",
         /// A lookup found it approved and then cancelled: not approved now.
@@ -158,6 +161,8 @@ text_enum! {
         CycleSkipped => "cycle_skipped",
         Declined => "declined",
         RequestError => "request_error",
+        /// An approval answered with a result code nicebill does not list.
+        UnlistedCode => "unlisted_code",
         NotCharged => "not_charged",
         ChargeCancelled => "charge_cancelled",
         ApprovedLate => "approved_late",

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{BillingState, MerchantRow, MerchantStatus, SubscriptionId, SubscriptionStatus};
 use crate::domain::{Bid, FieldError, Krw, Moid};
-use crate::gateway::nicepay::{Buyer, Class, check_goods_name, form, limits};
+use crate::gateway::nicepay::{Buyer, Class, check_card_quota, check_goods_name, form, limits};
 use crate::schedule::{
     CatchUp, Cycle, DueNow, FirstAfter, IntervalUnit, Schedule, Skipped, parse_timezone,
 };
@@ -127,15 +127,7 @@ pub fn validate(row: &MerchantRow, policy: &Policy) -> Result<Valid, FieldError>
             form::euc_kr_limited(field, v, max)?;
         }
     }
-    let quota_ok = row.card_quota.len() == 2
-        && row.card_quota.bytes().all(|b| b.is_ascii_digit())
-        && row.card_quota != "01";
-    if !quota_ok {
-        return Err(FieldError::new(
-            "card_quota",
-            format!("{:?} is not 00 (lump sum) or 02..99 months", row.card_quota),
-        ));
-    }
+    check_card_quota("card_quota", &row.card_quota)?;
     let interest_free = match row.card_interest.as_str() {
         "0" => false,
         "1" => true,
@@ -310,6 +302,9 @@ pub enum Settled {
     Declined,
     PermanentCard,
     RequestError,
+    /// An approval answered with a code the gateway does not list: retried like a request
+    /// error, never counted as a decline (so it never dunns into cancellation).
+    UnlistedCode,
     /// Never reached NICEPAY, or a status lookup proved it was never approved.
     NotCharged,
 }
@@ -322,6 +317,7 @@ impl Settled {
             Class::Declined => Some(Settled::Declined),
             Class::PermanentCard => Some(Settled::PermanentCard),
             Class::RequestError => Some(Settled::RequestError),
+            Class::UnlistedCode => Some(Settled::UnlistedCode),
             Class::NotSent => Some(Settled::NotCharged),
             Class::Duplicate | Class::Throttled | Class::Unknown => None,
         }
@@ -425,7 +421,9 @@ pub fn advance(
             )),
             ..stay(now, declines)
         },
-        Settled::RequestError => stay(later(policy.request_error_retry), declines),
+        Settled::RequestError | Settled::UnlistedCode => {
+            stay(later(policy.request_error_retry), declines)
+        }
         Settled::NotCharged => stay(later(policy.resend_after), declines),
     }
 }
@@ -666,6 +664,21 @@ mod tests {
             assert_eq!(waits, vec![Some(days(1)), Some(days(3)), Some(days(5))]);
             let last = advance(schedule, pos(4), Settled::Declined, now, &policy);
             assert_eq!(last.status.map(|s| s.0), Some(want_status));
+            // An unlisted code after as many declines as dunning allows: no new status (so no
+            // cancellation, no billkey removal), retried on the request-error schedule.
+            let unlisted = advance(schedule, pos(4), Settled::UnlistedCode, now, &policy);
+            assert_eq!(
+                (
+                    unlisted.status,
+                    unlisted.next_charge_at,
+                    unlisted.cycle_declines
+                ),
+                (
+                    None,
+                    Some(now + chrono::Duration::from_std(policy.request_error_retry).unwrap()),
+                    4
+                )
+            );
         }
         let policy = Policy::default();
         let ok = advance(schedule, pos(2), Settled::Approved, now, &policy);
@@ -709,7 +722,14 @@ mod tests {
     #[test]
     fn classes_that_settle() {
         use Class::*;
-        let settles = [Approved, Declined, PermanentCard, RequestError, NotSent];
+        let settles = [
+            Approved,
+            Declined,
+            PermanentCard,
+            RequestError,
+            UnlistedCode,
+            NotSent,
+        ];
         for c in settles {
             assert!(Settled::from_class(c).is_some(), "{c:?}");
         }

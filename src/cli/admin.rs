@@ -37,12 +37,13 @@ const STATUSES: [&str; 7] = [
 ];
 
 /// Every state a charge attempt can have (for `--state`).
-const CHARGE_STATES: [&str; 9] = [
+const CHARGE_STATES: [&str; 10] = [
     "pending",
     "approved",
     "declined",
     "card_invalid",
     "request_error",
+    "unlisted_code",
     "not_charged",
     "unknown",
     "cancelled",

@@ -1,7 +1,7 @@
 //! How a simulated card answers approvals, chosen by its number when the billkey is issued.
 //!
 //! Tests and demos pick an outcome by picking a card number, so no control call is needed to
-//! make a card fail. Any well-formed number (14 to 19 digits) gets a billkey; the behaviour
+//! make a card fail. Any well-formed number (14 to 16 digits) gets a billkey; the behaviour
 //! applies to every approval (`billing_approve`) on that billkey:
 //!
 //! | card number ends in | approvals on its billkey                                     | ResultCode / ResultMsg        | nicebill class |
@@ -10,6 +10,7 @@
 //! | `0003`              | always declined: expiry error                                | `3021` 유효기간 오류           | permanent card |
 //! | `0004`              | always declined: lost or stolen card                         | `F113` 분실/도난 카드          | permanent card |
 //! | `0005`              | attempts 1, 3, 5… declined as `0002`; attempts 2, 4, 6… approved | `3095` 잔액부족 / `3001`   | declined, then approved |
+//! | `0006`              | always refused with a code NICEPAY does not publish          | `3999` 알 수 없는 응답 (시뮬레이터) | unlisted code (retried, never cancels) |
 //! | anything else       | approved                                                     | `3001` 카드 결제 성공          | approved |
 //!
 //! Attempts are counted per billkey and only for approvals that pass every request check
@@ -39,6 +40,13 @@ pub const EXPIRED: Decline = Decline {
 pub const LOST_OR_STOLEN: Decline = Decline {
     code: "F113",
     msg: "분실/도난 카드",
+};
+
+/// `3999`: a card-result code NICEPAY's list does not have, for testing how nicebill treats
+/// codes it does not know.
+pub const UNLISTED: Decline = Decline {
+    code: "3999",
+    msg: "알 수 없는 응답 (시뮬레이터)",
 };
 
 /// What a card does with approvals.
@@ -80,6 +88,7 @@ pub const TABLE: &[(&str, CardBehaviour)] = &[
     ("0003", CardBehaviour::Decline(EXPIRED)),
     ("0004", CardBehaviour::Decline(LOST_OR_STOLEN)),
     ("0005", CardBehaviour::ApproveEverySecond),
+    ("0006", CardBehaviour::Decline(UNLISTED)),
 ];
 
 /// The behaviour of a card, by its number (expected already validated with
@@ -91,11 +100,13 @@ pub fn behaviour_for(card_no: &str) -> CardBehaviour {
         .map_or(CardBehaviour::Approve, |(_, b)| *b)
 }
 
-/// Whether the simulator accepts `card_no` at billkey issue: 14 to 19 ASCII digits. There is
+/// Whether the simulator accepts `card_no` at billkey issue: 14 to 16 ASCII digits (NICEPAY's
+/// field length, see `gateway::nicepay::limits`). There is
 /// no Luhn check, so that test numbers stay easy to invent (NICEPAY's test environment is as
 /// lenient).
 pub fn is_valid_card_no(card_no: &str) -> bool {
-    (14..=19).contains(&card_no.len()) && card_no.bytes().all(|b| b.is_ascii_digit())
+    crate::gateway::nicepay::limits::CARD_NO_DIGITS.contains(&card_no.len())
+        && card_no.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The card number as NICEPAY shows it in approvals: first 8 digits, `*` for the middle, last
@@ -207,11 +218,13 @@ mod tests {
 
     #[test]
     fn validity_mask_and_brand() {
-        for ok in ["12345678901234", "1234567890123456789"] {
+        for ok in ["12345678901234", "123456789012345", "1234567890123456"] {
             assert!(is_valid_card_no(ok), "{ok}");
         }
         for bad in [
             "1234567890123",
+            "12345678901234567",
+            "1234567890123456789",
             "12345678901234567890",
             "1234-5678-9012-3456",
             "",

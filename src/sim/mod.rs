@@ -10,7 +10,7 @@
 //! Faults ([`FaultRule`]) make the transport misbehave the ways that matter for "at most one
 //! charge per cycle": a 500 page, a connection dropped before or after the charge, an answer
 //! that never comes, a body that is not an answer, a cancel answer with a wrong `Signature`,
-//! and a request held back before it is processed (an approval that lands late: until then a
+//! an answer over 64 KiB, a 500-character `ResultMsg`, and a request held back before it is processed (an approval that lands late: until then a
 //! status lookup finds nothing).
 //!
 //! Control endpoints on the same port (never delayed, never faulted):
@@ -150,10 +150,20 @@ pub enum FaultMode {
     Garbage,
     /// Cancel only: process the cancel, answer with a wrong `Signature`.
     BadCancelSignature,
+    /// Process the request, then answer it preceded by [`OVERSIZED_PADDING`] bytes of white
+    /// space: a well-formed answer (leading white space is allowed) longer than any client
+    /// should read (nicebill reads at most 64 KiB).
+    Oversized,
+    /// Process the request, then answer with its `ResultMsg` made 500 characters long
+    /// (the real message, then filler).
+    LongResultMsg,
 }
 
+/// How much white space an [`FaultMode::Oversized`] answer starts with (70 KiB).
+pub const OVERSIZED_PADDING: usize = 70 * 1024;
+
 impl FaultMode {
-    pub const ALL: [FaultMode; 7] = [
+    pub const ALL: [FaultMode; 9] = [
         FaultMode::Http500,
         FaultMode::DropBefore,
         FaultMode::DropAfter,
@@ -161,6 +171,8 @@ impl FaultMode {
         FaultMode::HoldBefore,
         FaultMode::Garbage,
         FaultMode::BadCancelSignature,
+        FaultMode::Oversized,
+        FaultMode::LongResultMsg,
     ];
 
     /// The name used in JSON and on the command line.
@@ -173,6 +185,8 @@ impl FaultMode {
             FaultMode::HoldBefore => "hold_before",
             FaultMode::Garbage => "garbage",
             FaultMode::BadCancelSignature => "bad_cancel_signature",
+            FaultMode::Oversized => "oversized",
+            FaultMode::LongResultMsg => "long_result_msg",
         }
     }
 

@@ -266,7 +266,7 @@ async fn respond(
         Some(FaultMode::BadCancelSignature) => Tamper::CancelSignature,
         _ => Tamper::None,
     };
-    let answer = if fault == Some(FaultMode::HoldBefore) {
+    let mut answer = if fault == Some(FaultMode::HoldBefore) {
         // Held in a task of its own: the request is processed when the hold is over even if
         // the client has hung up by then (which ends this connection and drops this future).
         let hold = *lock(&shared.hold);
@@ -292,8 +292,24 @@ async fn respond(
     } else {
         lock(&shared.state).handle(api, &body, tamper)
     };
+    if fault == Some(FaultMode::LongResultMsg) {
+        let msg = answer.result_msg().to_owned();
+        let filler = "가".repeat(500usize.saturating_sub(msg.chars().count()));
+        answer
+            .fields
+            .insert("ResultMsg".into(), format!("{msg}{filler}"));
+    }
     match fault {
         Some(FaultMode::DropAfter) => Err(Dropped("drop_after")),
+        Some(FaultMode::Oversized) => {
+            let mut body = vec![b' '; super::OVERSIZED_PADDING];
+            body.extend_from_slice(&answer.body());
+            Ok(response(
+                StatusCode::OK,
+                &answer.content_type(),
+                body.into(),
+            ))
+        }
         Some(FaultMode::HangAfter) => {
             stopped(stop).await;
             Err(Dropped("hang_after"))

@@ -7,7 +7,11 @@
 //! Every request is checked in the same order, whatever the API, so that a client bug shows
 //! up as the first broken rule rather than as whichever rule happened to be checked first:
 //!
-//! 1. the body decodes as an EUC-KR form, and `CharSet`/`EdiType` are valid (`A111`);
+//! 1. the body decodes as an EUC-KR form, and `CharSet`/`EdiType` are valid (`A111`); "EUC-KR"
+//!    is strict KS X 1001, as NICEPAY decodes it: a value with a byte pair whose lead or trail
+//!    byte is below `0xA1` (CP949's extra Hangul, `똠` = `8C 63`) is refused with `A111`
+//!    naming the field, where NICEPAY would garble it (checked on the raw bytes by
+//!    [`outside_ks_x_1001`], not with the client's encoder);
 //! 2. required fields are present and non-empty (`A110`);
 //! 3. `MID` is a configured merchant (`A112`);
 //! 4. lengths (in EUC-KR bytes) and formats (`A111`; a TID of the wrong length `1652`);
@@ -45,6 +49,13 @@ pub struct LedgerEntry {
     /// holds the TID), not by an approval request.
     #[serde(default)]
     pub seeded: bool,
+    /// `BuyerName`, `BuyerEmail`, `BuyerTel` as received (absent: not sent).
+    #[serde(default)]
+    pub buyer_name: Option<String>,
+    #[serde(default)]
+    pub buyer_email: Option<String>,
+    #[serde(default)]
+    pub buyer_tel: Option<String>,
 }
 
 /// One billkey removal NICEPAY carried out (`F101`).
@@ -356,6 +367,9 @@ impl SimState {
             cancelled_amount: 0,
             approved_at: self.clock.now(),
             seeded: true,
+            buyer_name: None,
+            buyer_email: None,
+            buyer_tel: None,
         });
         Ok(())
     }
@@ -372,6 +386,13 @@ impl SimState {
 
     /// Answers one request body posted to `api`.
     pub fn handle(&mut self, api: Api, body: &[u8], tamper: Tamper) -> Answer {
+        if let Some(field) = outside_ks_x_1001(body) {
+            let refusal = refuse(
+                "A111",
+                format!("파라미터 오류: {field} (KS X 1001 밖의 문자, EUC-KR 아님)"),
+            );
+            return answer(Charset::default(), EdiType::default(), Err(refusal));
+        }
         let fields = match form::decode(body) {
             Ok(fields) => fields.into_iter().collect::<BTreeMap<_, _>>(),
             Err(e) => {
@@ -482,7 +503,9 @@ impl SimState {
         let quota = req.get("CardQuota");
         let quota_ok = quota.len() == 2
             && quota.bytes().all(|b| b.is_ascii_digit())
-            && (quota == "00" || (2..=36).contains(&quota.parse::<u32>().unwrap_or(0)));
+            && (quota == "00"
+                || (2..=limits::CARD_QUOTA_MAX_MONTHS)
+                    .contains(&quota.parse::<u32>().unwrap_or(0)));
         if !quota_ok {
             return Err(refuse(
                 "3022",
@@ -534,6 +557,9 @@ impl SimState {
             cancelled_amount: 0,
             approved_at: now,
             seeded: false,
+            buyer_name: req.opt("BuyerName").map(str::to_owned),
+            buyer_email: req.opt("BuyerEmail").map(str::to_owned),
+            buyer_tel: req.opt("BuyerTel").map(str::to_owned),
         });
         self.approved_moids
             .insert((mid.as_str().to_owned(), moid.to_owned()));
@@ -810,6 +836,33 @@ fn check_sign(api: Api, req: &Req, key: &MerchantKey) -> Step<()> {
     }
 }
 
+/// The first field whose percent-decoded value is not strict EUC-KR (KS X 1001): every byte
+/// from `0x80` up must start a pair whose two bytes are both `0xA1..=0xFE`. CP949 extensions
+/// (lead `0x81..=0xC6` with a trail below `0xA1`) fail here, as they would at NICEPAY.
+pub fn outside_ks_x_1001(body: &[u8]) -> Option<String> {
+    let ks = |b: u8| (0xA1..=0xFE).contains(&b);
+    body.split(|b| *b == b'&').find_map(|pair| {
+        let (name, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        let raw: Vec<u8> = percent_encoding::percent_decode(value).collect();
+        let mut i = 0;
+        let mut ok = true;
+        while i < raw.len() {
+            if raw[i] < 0x80 {
+                i += 1;
+            } else if i + 1 < raw.len() && ks(raw[i]) && ks(raw[i + 1]) {
+                i += 2;
+            } else {
+                ok = false;
+                break;
+            }
+        }
+        (!ok).then(|| String::from_utf8_lossy(name).into_owned())
+    })
+}
+
 /// Digits only, 1 to 12 of them, at least 1 KRW.
 fn parse_amount(text: &str) -> Option<i64> {
     if text.is_empty() || text.len() > 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -847,7 +900,7 @@ fn card_facts(plain: &[u8]) -> Step<CardFacts> {
     let card_pw = card_pw.ok_or_else(|| missing(4))?;
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if !cards::is_valid_card_no(card_no) {
-        return Err(refuse("F112", "카드번호 오류 (CardNo: 숫자 14~19자리)"));
+        return Err(refuse("F112", "카드번호 오류 (CardNo: 숫자 14~16자리)"));
     }
     let month_ok = exp_month.len() == 2
         && digits(exp_month)
@@ -1232,6 +1285,28 @@ mod tests {
         let body = String::from_utf8(a.body()).unwrap();
         // 비씨 in EUC-KR.
         assert!(body.contains("CardName=%BA%F1%BE%BE"), "{body}");
+    }
+
+    #[test]
+    fn removal_needs_no_amt() {
+        // The manual's table lists Amt, its samples omit it: nicebill never sends it, the
+        // simulator neither requires nor minds it (gateway::nicepay::limits).
+        let mut fx = fx();
+        for with_amt in [false, true] {
+            let bid = fx.bid(CARD);
+            let mut fields = fx.remove_fields(&bid);
+            assert!(fields.iter().all(|(k, _)| *k != "Amt"));
+            if with_amt {
+                fields.push(("Amt", "0".into()));
+            }
+            let a = fx.call(Api::BillkeyRemove, &fields);
+            assert_eq!(
+                a.result_code(),
+                "F101",
+                "Amt sent: {with_amt}: {}",
+                a.result_msg()
+            );
+        }
     }
 
     #[test]
@@ -1765,6 +1840,31 @@ mod tests {
             ("TID not billing", vec![("TID", &card_tid)], "A111", "TID"),
             ("CharSet", vec![("CharSet", "latin1")], "A111", "CharSet"),
             ("EdiType", vec![("EdiType", "XML")], "A111", "EdiType"),
+            // CP949-only syllables (the test encoder is encoding_rs, i.e. CP949).
+            (
+                "GoodsName 똠",
+                vec![("GoodsName", "월간 똠")],
+                "A111",
+                "GoodsName",
+            ),
+            (
+                "GoodsName 햏",
+                vec![("GoodsName", "햏")],
+                "A111",
+                "GoodsName",
+            ),
+            (
+                "BuyerName 뷁",
+                vec![("BuyerName", "뷁")],
+                "A111",
+                "BuyerName",
+            ),
+            (
+                "MallReserved 쀍",
+                vec![("MallReserved", "쀍")],
+                "A111",
+                "MallReserved",
+            ),
         ];
         for (what, changes, code, mentions) in cases {
             let mut fields = fx.approve_unsigned(&bid, &tid, "o-1", "100");
@@ -1783,6 +1883,28 @@ mod tests {
         let fields = fx.sign(Api::Approve, fields);
         check(&mut fx, "40 bytes", Api::Approve, &fields, "3001", "");
         assert_eq!(fx.sim.ledger().len(), 2);
+        // KS X 1001 Hangul, Hanja and full-width forms are strict EUC-KR.
+        let tid = fx.tid(MID);
+        let mut fields = fx.approve_unsigned(&bid, &tid, "o-3", "100");
+        set(&mut fields, "GoodsName", "가 한글 漢字 ＡＢＣ");
+        set(&mut fields, "BuyerName", "홍길동");
+        let fields = fx.sign(Api::Approve, fields);
+        check(&mut fx, "KS X 1001", Api::Approve, &fields, "3001", "");
+        assert_eq!(fx.sim.ledger()[2].goods_name, "가 한글 漢字 ＡＢＣ");
+    }
+
+    #[test]
+    fn outside_ks_x_1001_reads_raw_bytes() {
+        assert_eq!(
+            outside_ks_x_1001(b"A=1&GoodsName=%8C%63"),
+            Some("GoodsName".into())
+        );
+        assert_eq!(
+            outside_ks_x_1001(b"A=%B0%A1%B0"),
+            Some("A".into()),
+            "lone lead byte"
+        );
+        assert_eq!(outside_ks_x_1001(b"A=%B0%A1&B=%C7%D1%B1%DB+x"), None);
     }
 
     #[test]
@@ -1794,6 +1916,8 @@ mod tests {
         let cases = [
             (plain("123", "30", "01", "", ""), "카드번호"),
             (plain("1234-5678-9012-3456", "30", "01", "", ""), "카드번호"),
+            // NICEPAY's CardNo is 16 long (gateway::nicepay::limits).
+            (plain("12345678901234567", "30", "01", "", ""), "14~16"),
             (plain(CARD, "3", "01", "", ""), "유효기간"),
             (plain(CARD, "30", "13", "", ""), "유효기간"),
             (plain(CARD, "30", "01", "12345", ""), "IDNo"),

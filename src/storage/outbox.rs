@@ -156,7 +156,7 @@ pub(super) fn charge_item(row: &ChargeRow, next_attempt_at: Option<DateTime<Utc>
             );
             WebhookKind::ChargeDeclined
         }
-        ChargeState::CardInvalid | ChargeState::RequestError => {
+        ChargeState::CardInvalid | ChargeState::RequestError | ChargeState::UnlistedCode => {
             data.insert("state".into(), json!(row.state));
             WebhookKind::ChargeFailed
         }

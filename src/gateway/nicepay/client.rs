@@ -440,19 +440,7 @@ impl NicepayClient {
         if req.amount.value() < 1 {
             return Err(FieldError::new("Amt", "must be at least 1 KRW").into());
         }
-        let quota_ok = req.card_quota.len() == 2
-            && req.card_quota.bytes().all(|b| b.is_ascii_digit())
-            && req.card_quota != "01";
-        if !quota_ok {
-            return Err(FieldError::new(
-                "CardQuota",
-                format!(
-                    "{:?}: must be 00 (lump sum) or 02..99 months",
-                    req.card_quota
-                ),
-            )
-            .into());
-        }
+        super::check_card_quota("CardQuota", &req.card_quota)?;
         super::check_goods_name(&req.goods_name)?;
         let edi = edi_date(self.clock.now());
         let amt = req.amount.to_string();
@@ -706,10 +694,7 @@ impl NicepayClient {
             .and_then(|v| v.to_str().ok())
             .and_then(response::charset_of_content_type)
             .unwrap_or(self.settings.charset);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::transport(api, transport_of(&e), describe(&e)))?;
+        let bytes = read_capped(api, response).await?;
         if !status.is_success() {
             return Err(CallError::transport(
                 api,
@@ -720,6 +705,39 @@ impl NicepayClient {
         response::parse(&bytes, charset)
             .map_err(|e| CallError::transport(api, Transport::Unparsable, e.to_string()))
     }
+}
+
+/// Reads an answer body chunk by chunk, giving up (class `Unknown`: the request was sent)
+/// once it passes [`response::MAX_BODY_BYTES`]; a declared longer length is refused unread.
+async fn read_capped(api: Api, mut response: reqwest::Response) -> Result<Vec<u8>, CallError> {
+    let cap = response::MAX_BODY_BYTES;
+    let too_long = |what: String| {
+        CallError::transport(
+            api,
+            Transport::Oversized,
+            format!("the answer is {what}, over the {cap}-byte limit; the outcome is unknown"),
+        )
+    };
+    if let Some(len) = response.content_length()
+        && len > cap as u64
+    {
+        return Err(too_long(format!("{len} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| CallError::transport(api, transport_of(&e), describe(&e)))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(too_long(format!(
+                "more than {} bytes",
+                body.len() + chunk.len()
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The success fields of a status answer for `tid`.

@@ -19,6 +19,10 @@ pub enum Class {
     PermanentCard,
     /// Our request was wrong (a bug or bad configuration): fail loudly, do not retry.
     RequestError,
+    /// An approval answered with a card-result code (`3xxx`) this table does not list: not an
+    /// approval, but nothing says the card is declined either. Never dunned towards
+    /// cancellation: retried on the request-error schedule and shown to the operator.
+    UnlistedCode,
     /// NICEPAY has seen this TID/Moid before: resolve by status lookup, never assume failure.
     Duplicate,
     /// NICEPAY is overloaded or delayed: back off, look the TID up, retry the same request.
@@ -36,6 +40,7 @@ impl Class {
             Class::Declined => "declined",
             Class::PermanentCard => "permanent_card",
             Class::RequestError => "request_error",
+            Class::UnlistedCode => "unlisted_code",
             Class::Duplicate => "duplicate",
             Class::Throttled => "throttled",
             Class::NotSent => "not_sent",
@@ -55,6 +60,9 @@ impl Class {
             }
             Class::RequestError => {
                 "the request was refused as malformed; check configuration and input, do not retry unchanged"
+            }
+            Class::UnlistedCode => {
+                "NICEPAY answered with a code nicebill does not know; it is retried later and never leads to cancellation. Look the code up with NICEPAY and add it to codes.rs"
             }
             Class::Duplicate => {
                 "NICEPAY has seen this TID/Moid before; run `nicebill status TID` before doing anything else"
@@ -90,6 +98,8 @@ pub enum Transport {
     HttpStatus(u16),
     /// A body came back that is not a NICEPAY answer.
     Unparsable,
+    /// The answer was longer than the client reads (64 KiB): it was sent, the outcome is unknown.
+    Oversized,
     /// A success answer whose signature or echoed fields do not match the request.
     Untrusted,
 }
@@ -134,7 +144,11 @@ const TABLE: &[Row] = &[
     (None, "A246", Throttled, "too many connections"),
     (None, "A299", Throttled, "delayed processing"),
     (None, "U303", Throttled, "delayed processing"),
-    // Issuer declines: retry on the dunning schedule.
+    // Issuer declines: retry on the dunning schedule. NICEPAY's published result-code list
+    // (nicepay-manual common/code.md) names one issuer refusal, 3095 "카드사 실패 응답"; its
+    // other 3xxx codes are card numbers, merchant set-up, installments and amounts. Add a
+    // decline here only when NICEPAY names it: an unlisted 3xxx is `UnlistedCode`, never a
+    // decline, so it can never dun a subscription into cancellation.
     (
         None,
         "3095",
@@ -238,8 +252,9 @@ const TABLE: &[Row] = &[
 
 /// Classifies a ResultCode for one API.
 ///
-/// A code missing from the table is read safely: for an approval, an unlisted `3xxx` is an
-/// issuer decline (*inferred*), anything else might hide an approval and is `Unknown` (status
+/// A code missing from the table is read safely: for an approval, an unlisted `3xxx` is
+/// `UnlistedCode` (a card result we cannot read: retried on the request-error schedule, never
+/// dunned, never cancelling), anything else might hide an approval and is `Unknown` (status
 /// lookup decides); for a cancel it is `Unknown` too; for the other APIs it is a request error.
 pub fn classify(api: Api, code: &str) -> Class {
     let code = code.trim();
@@ -250,7 +265,7 @@ pub fn classify(api: Api, code: &str) -> Class {
         return *class;
     }
     match api {
-        Api::Approve if code.len() == 4 && code.starts_with('3') => Declined,
+        Api::Approve if code.len() == 4 && code.starts_with('3') => UnlistedCode,
         Api::Approve | Api::Cancel => Unknown,
         Api::BillkeyIssue | Api::BillkeyRemove | Api::Status => RequestError,
     }
@@ -269,6 +284,7 @@ pub fn classify_transport(failure: Transport) -> Class {
         Transport::TimedOut
         | Transport::ConnectionLost
         | Transport::Unparsable
+        | Transport::Oversized
         | Transport::Untrusted => Unknown,
     }
 }
@@ -289,7 +305,9 @@ mod tests {
         (BillkeyIssue, "3001", RequestError),
         (Approve, "0000", Unknown),
         (Approve, "3095", Declined),
-        (Approve, "3099", Declined),
+        (Approve, "3099", UnlistedCode),
+        (Approve, "3012", UnlistedCode),
+        (Approve, "3999", UnlistedCode),
         (Approve, "3011", PermanentCard),
         (Approve, "3021", PermanentCard),
         (BillkeyIssue, "F113", PermanentCard),
@@ -338,6 +356,7 @@ mod tests {
             (Transport::TimedOut, Unknown),
             (Transport::ConnectionLost, Unknown),
             (Transport::Unparsable, Unknown),
+            (Transport::Oversized, Unknown),
             (Transport::Untrusted, Unknown),
             (Transport::HttpStatus(500), Unknown),
             (Transport::HttpStatus(502), Unknown),

@@ -3,6 +3,11 @@
 //! reqwest's `.form()` encodes UTF-8, which NICEPAY would read as mojibake, so bodies are built
 //! here. Byte limits are EUC-KR bytes (a Hangul syllable is two), checked before sending; text
 //! EUC-KR cannot represent is refused with an error naming the field.
+//!
+//! "EUC-KR" means strict KS X 1001 here. encoding_rs's EUC-KR encoder is CP949 (WHATWG): it
+//! also encodes the 8,822 Hangul syllables KS X 1001 lacks (`똠` → `8C 63`) with a lead or
+//! trail byte below `0xA1`. NICEPAY decodes strict EUC-KR and would garble them, so every
+//! encoded pair must have both bytes in `0xA1..=0xFE` (ASCII single bytes aside).
 
 use std::borrow::Cow;
 
@@ -10,7 +15,29 @@ use encoding_rs::EUC_KR;
 
 use crate::domain::FieldError;
 
-/// Encodes `text` as EUC-KR, refusing characters it cannot represent and control characters.
+/// Whether EUC-KR bytes (as encoding_rs makes them) stay inside KS X 1001: ASCII single bytes,
+/// and pairs whose lead and trail bytes are both `0xA1..=0xFE`.
+pub fn is_ks_x_1001(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] < 0x80 {
+            i += 1;
+            continue;
+        }
+        match bytes.get(i..i + 2) {
+            Some([lead, trail])
+                if (0xA1..=0xFE).contains(lead) && (0xA1..=0xFE).contains(trail) =>
+            {
+                i += 2
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Encodes `text` as strict EUC-KR (KS X 1001), refusing characters it cannot represent
+/// (CP949's extra Hangul included) and control characters.
 pub fn euc_kr<'a>(field: &'static str, text: &'a str) -> Result<Cow<'a, [u8]>, FieldError> {
     if let Some(c) = text.chars().find(|c| c.is_control()) {
         return Err(FieldError::new(
@@ -28,6 +55,19 @@ pub fn euc_kr<'a>(field: &'static str, text: &'a str) -> Result<Cow<'a, [u8]>, F
             field,
             format!(
                 "{bad:?} (U+{:04X}) cannot be represented in EUC-KR; remove it or use Korean/ASCII text",
+                bad as u32
+            ),
+        ));
+    }
+    if !is_ks_x_1001(&bytes) {
+        let bad = text
+            .chars()
+            .find(|c| !is_ks_x_1001(&EUC_KR.encode(c.encode_utf8(&mut [0; 4])).0))
+            .unwrap_or('\u{FFFD}');
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{bad:?} (U+{:04X}) is outside KS X 1001 (strict EUC-KR), which NICEPAY decodes; it would arrive garbled. Use another word or spelling",
                 bad as u32
             ),
         ));
@@ -163,6 +203,45 @@ mod tests {
         assert!(err.problem.contains("42 EUC-KR bytes"), "{err}");
         assert!(euc_kr_limited("GoodsName", &"가".repeat(20), 40).is_ok());
         assert!(euc_kr("GoodsName", "a\nb").is_err());
+    }
+
+    #[test]
+    fn refuses_what_ks_x_1001_lacks() {
+        // CP949-only syllables: encoding_rs encodes them, NICEPAY would garble them.
+        for (c, bytes) in [
+            ('똠', [0x8C, 0x63]),
+            ('햏', [0xC1, 0x64]),
+            ('뷁', [0x94, 0xEE]),
+            ('쀍', [0x97, 0xCD]),
+        ] {
+            let text = c.to_string();
+            let (encoded, _, unmappable) = EUC_KR.encode(&text);
+            assert!(!unmappable, "{c}");
+            assert_eq!(&encoded[..], &bytes[..], "{c}");
+            for field in ["GoodsName", "BuyerName", "CancelMsg"] {
+                let err = euc_kr(field, &format!("월간 {c} 구독")).unwrap_err();
+                assert_eq!(err.field, field);
+                assert!(
+                    err.problem.contains(&format!("U+{:04X}", c as u32)),
+                    "{err}"
+                );
+                assert!(err.problem.contains("KS X 1001"), "{err}");
+            }
+        }
+        for ok in [
+            "가",
+            "한글",
+            "漢字",
+            "ＡＢＣ",
+            "월간 구독 (프리미엄)",
+            "plain ASCII ~",
+        ] {
+            let bytes = euc_kr("GoodsName", ok).unwrap();
+            assert!(is_ks_x_1001(&bytes), "{ok}");
+        }
+        assert!(!is_ks_x_1001(&[0xB0]), "a lone lead byte");
+        assert!(!is_ks_x_1001(&[0xB0, 0x41]), "an ASCII trail byte");
+        assert!(is_ks_x_1001(&[0xB0, 0xA1, 0x41]));
     }
 
     #[test]

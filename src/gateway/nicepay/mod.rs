@@ -131,7 +131,28 @@ pub fn edi_date(now: DateTime<Utc>) -> String {
         .to_string()
 }
 
-/// EUC-KR byte limits of text fields.
+/// Field limits, and where NICEPAY's manual disagrees with itself, the reading nicebill chose.
+///
+/// Each choice is made here once; the client, the planner and the simulator follow it.
+///
+/// - **`Amt` in billkey removal.** The removal table lists `Amt` as required, but every sample
+///   omits it and removal charges nothing. nicebill does not send it (an amount on a removal
+///   has no meaning and is not in `SignData`), and the simulator does not require it; it
+///   accepts and ignores one if sent.
+/// - **`BuyerEmail`, `BuyerTel`, `BuyerName`.** Optional in the manual. Sent with every
+///   approval when the subscription row has them (`buyer_email`, `buyer_tel`, `buyer_name`),
+///   checked like every text field; absent columns are not sent at all (never as empty).
+///   `nicebill billkey issue` sends `BuyerName` only (`--buyer-name`).
+/// - **`MallReserved`.** Never sent by the daemon or the CLI: the subscription table has no
+///   column for it, and NICEPAY only echoes it back; nothing nicebill needs travels in it (the
+///   Moid already names subscription, cycle and attempt). The client supports it
+///   (`ApproveRequest::mall_reserved`) within [`MALL_RESERVED`] bytes.
+/// - **`CardNo`.** The manual's field length is 16, so [`CARD_NO_DIGITS`] is 14 to 16 digits
+///   (14 and 15 for Diners and Amex); a longer number would be refused or cut by NICEPAY, so it
+///   is refused before sending, naming `CardNo`.
+/// - **`CardQuota`.** The manual shows `00` (lump sum), `02`, `03`, … without an upper bound;
+///   Korean issuers offer at most 36 months, and NICEPAY refuses more with `3022/3023`. So
+///   `00` or `02`..=[`CARD_QUOTA_MAX_MONTHS`] everywhere ([`check_card_quota`]).
 pub mod limits {
     pub const GOODS_NAME: usize = 40;
     pub const MOID: usize = 64;
@@ -140,14 +161,37 @@ pub mod limits {
     pub const BUYER_EMAIL: usize = 60;
     pub const MALL_RESERVED: usize = 500;
     pub const CANCEL_MSG: usize = 100;
+    /// Digits in a card number (see the module comment).
+    pub const CARD_NO_DIGITS: std::ops::RangeInclusive<usize> = 14..=16;
+    /// The longest installment, in months (see the module comment).
+    pub const CARD_QUOTA_MAX_MONTHS: u32 = 36;
 }
 
-/// Checks a goods name as NICEPAY will see it (EUC-KR, at most 40 bytes).
+/// Checks a goods name as NICEPAY will see it (strict EUC-KR, at most 40 bytes).
 pub fn check_goods_name(text: &str) -> Result<(), crate::domain::FieldError> {
     if text.trim().is_empty() {
         return Err(crate::domain::FieldError::new("GoodsName", "is empty"));
     }
     form::euc_kr_limited("GoodsName", text, limits::GOODS_NAME).map(|_| ())
+}
+
+/// Checks an installment: `00` (lump sum) or `02` to `36` months, two digits.
+pub fn check_card_quota(field: &'static str, text: &str) -> Result<(), crate::domain::FieldError> {
+    let months = (text.len() == 2 && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse::<u32>().ok())
+        .flatten();
+    match months {
+        Some(0) => Ok(()),
+        Some(m) if (2..=limits::CARD_QUOTA_MAX_MONTHS).contains(&m) => Ok(()),
+        _ => Err(crate::domain::FieldError::new(
+            field,
+            format!(
+                "{:?} is not 00 (lump sum) or 02..{} months",
+                text.chars().take(10).collect::<String>(),
+                limits::CARD_QUOTA_MAX_MONTHS
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +205,18 @@ mod tests {
         assert_eq!(edi_date(at), "20261225090000");
         let at = Utc.with_ymd_and_hms(2026, 12, 31, 15, 30, 5).unwrap();
         assert_eq!(edi_date(at), "20270101003005");
+    }
+
+    #[test]
+    fn card_quota_is_00_or_02_to_36() {
+        for ok in ["00", "02", "12", "36"] {
+            assert!(check_card_quota("CardQuota", ok).is_ok(), "{ok}");
+        }
+        for bad in ["01", "37", "99", "1", "002", "ab", "", "+2"] {
+            let e = check_card_quota("CardQuota", bad).unwrap_err();
+            assert_eq!(e.field, "CardQuota", "{bad}");
+            assert!(e.problem.contains("02..36"), "{e}");
+        }
     }
 
     #[test]

@@ -109,8 +109,35 @@ fn decode_text(bytes: &[u8], first: Charset) -> Option<String> {
     })
 }
 
-/// Parses a response body; `charset` is the header's charset or the one asked for.
+/// The most of an answer body the client reads (64 KiB): NICEPAY's answers are well under
+/// 2 KiB, so a longer one is not an answer we can trust, and reading it whole would let a
+/// broken proxy fill memory. A longer body is a transport failure of class `Unknown`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The most characters of a `ResultMsg` kept (stored, logged, printed): NICEPAY's messages are
+/// short sentences; anything longer is cut here, on a character boundary, and nowhere else.
+pub const MAX_RESULT_MSG_CHARS: usize = 200;
+
+/// `text` cut to at most `max` characters (never inside a character).
+pub fn truncate_chars(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// Parses a response body; `charset` is the header's charset or the one asked for. A
+/// `ResultMsg` over [`MAX_RESULT_MSG_CHARS`] is cut to that many characters.
 pub fn parse(body: &[u8], charset: Charset) -> Result<Fields, ParseError> {
+    let mut fields = parse_any(body, charset)?;
+    if let Some(msg) = fields.0.get_mut("ResultMsg") {
+        let cut = truncate_chars(msg, MAX_RESULT_MSG_CHARS).len();
+        msg.truncate(cut);
+    }
+    Ok(fields)
+}
+
+fn parse_any(body: &[u8], charset: Charset) -> Result<Fields, ParseError> {
     let start = body
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -232,5 +259,21 @@ mod tests {
         ));
         let fields = parse(b"{\"ResultMsg\":\"x\"}", Charset::Utf8).unwrap();
         assert_eq!(fields.result_code(), Err(ParseError::Missing("ResultCode")));
+    }
+
+    #[test]
+    fn long_result_messages_are_cut_on_a_character_boundary() {
+        let long = format!("잔액부족{}", "가나".repeat(248));
+        assert_eq!(long.chars().count(), 500);
+        for charset in [Charset::EucKr, Charset::Utf8] {
+            let json = format!("{{\"ResultCode\":\"3095\",\"ResultMsg\":\"{long}\"}}");
+            let body = charset.encoding().encode(&json).0;
+            let msg = parse(&body, charset).unwrap().result_msg();
+            assert_eq!(msg.chars().count(), MAX_RESULT_MSG_CHARS, "{charset:?}");
+            assert!(long.starts_with(&msg), "{charset:?}");
+        }
+        assert_eq!(truncate_chars("한글", 1), "한");
+        assert_eq!(truncate_chars("ab", 5), "ab");
+        assert_eq!(truncate_chars("", 0), "");
     }
 }
