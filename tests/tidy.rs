@@ -12,7 +12,9 @@
 //!   `Local::now()`, `SystemTime::now()`);
 //! - `unwrap`: non-test code calls `.unwrap()`. `.expect("…")` stays allowed: its message
 //!   states the invariant that makes it unreachable (a generated value that is valid by
-//!   construction, a semaphore that is never closed), and it is the only form allowed.
+//!   construction, a semaphore that is never closed), and it is the only form allowed;
+//! - `backoff`: anything outside `src/retry.rs` names the `backoff` crate (flagged
+//!   unmaintained, RUSTSEC-2025-0012: kept to one file so that replacing it is one change).
 //!
 //! The scanner is a small lexer (comments, strings, raw strings, char literals and lifetimes),
 //! so a rule word inside a comment or a `{` inside a string changes nothing. The tests at the
@@ -295,6 +297,10 @@ fn check(path: &str, source: &str, names: &Names) -> Vec<String> {
                 }
             }
         }
+        if path != "src/retry.rs" && has_word(&line.code, "backoff") {
+            // Flagged unmaintained (RUSTSEC-2025-0012; deny.toml): one file to replace.
+            broke("backoff", "the `backoff` crate outside src/retry.rs".into());
+        }
         if path != "src/clock.rs" {
             for now in ["Utc::now()", "Local::now()", "SystemTime::now()"] {
                 if code.contains(now) {
@@ -423,6 +429,7 @@ fn f() -> i64 {
     let t = std::time::SystemTime::now();
     let x = thing.unwrap();
     let y = thing.expect(&msg);
+    let b = backoff::ExponentialBackoff::default();
     0
 }
 "##;
@@ -436,16 +443,18 @@ fn f() -> i64 {
         "src/billing/x.rs:8: now: `SystemTime::now()` outside src/clock.rs",
         "src/billing/x.rs:9: unwrap: `.unwrap()` in non-test code",
         "src/billing/x.rs:10: unwrap: `.expect(…)` without a literal message",
+        "src/billing/x.rs:11: backoff: the `backoff` crate outside src/retry.rs",
     ];
     assert_eq!(found, want);
 
-    // The same text where each rule allows it breaks only the unwrap rule.
-    assert_eq!(check("src/storage/x.rs", sample, &sample_names()).len(), 6);
+    // The same text where each rule allows it breaks only the others.
+    assert_eq!(check("src/storage/x.rs", sample, &sample_names()).len(), 7);
     assert_eq!(
         check("src/gateway/nicepay/x.rs", sample, &sample_names()).len(),
-        6
+        7
     );
-    assert_eq!(check("src/clock.rs", sample, &sample_names()).len(), 6);
+    assert_eq!(check("src/clock.rs", sample, &sample_names()).len(), 7);
+    assert_eq!(check("src/retry.rs", sample, &sample_names()).len(), 8);
 }
 
 #[test]
