@@ -4,8 +4,9 @@
 //! Webhooks test vector.
 //!
 //! - every event type a billing run produces arrives, signed, with its fields;
-//! - a receiver that fails gets each event again, under the same `webhook-id`, on the
-//!   `retry_after` schedule; after the last try the event is dead, and `retry` brings it back;
+//! - a receiver that fails (5xx, or no answer within `[webhook] timeout`) gets each event
+//!   again, under the same `webhook-id`, on the `retry_after` schedule; after the last try the
+//!   event is dead, and `retry` brings it back;
 //! - a subscription's events arrive in order: a later one waits for an earlier one.
 
 mod support;
@@ -127,6 +128,8 @@ struct Receiver {
     answers: Arc<Mutex<VecDeque<u16>>>,
     /// Statuses to answer the next requests about one subscription with.
     answers_for: Arc<Mutex<Vec<(i64, u16)>>>,
+    /// How long to wait before answering the next requests.
+    delays: Arc<Mutex<VecDeque<Duration>>>,
 }
 
 impl Receiver {
@@ -165,6 +168,10 @@ impl Receiver {
                             );
                             let json_type = header("content-type");
                             let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let delay = state.delays.lock().unwrap().pop_front();
+                            if let Some(delay) = delay {
+                                tokio::time::sleep(delay).await;
+                            }
                             let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                             let about = json["data"]["subscription_id"].as_i64();
                             let status = {
@@ -210,6 +217,10 @@ impl Receiver {
 
     fn fail_next(&self, statuses: &[u16]) {
         self.answers.lock().unwrap().extend(statuses);
+    }
+
+    fn delay_next(&self, delays: &[Duration]) {
+        self.delays.lock().unwrap().extend(delays);
     }
 
     fn fail_next_about(&self, subscription: i64, statuses: &[u16]) {
@@ -262,10 +273,14 @@ impl World {
     }
 
     fn deliverer(&self, retry_after: Vec<Duration>) -> Deliverer {
+        self.deliverer_with(retry_after, Duration::from_secs(5))
+    }
+
+    fn deliverer_with(&self, retry_after: Vec<Duration>, timeout: Duration) -> Deliverer {
         let config = WebhookConfig {
             url: Some(reqwest::Url::parse(&self.receiver.url).unwrap()),
             secret: Some(WebhookSecret::parse(SECRET).unwrap()),
-            timeout: Duration::from_secs(5),
+            timeout,
             retry_after,
             ..WebhookConfig::default()
         };
@@ -888,6 +903,54 @@ async fn an_attempt_unresolved_for_long_is_told_once() {
             types_of(&w.receiver.delivered(), id),
             ["charge.unresolved", "charge.approved"],
             "{label}"
+        );
+        w.sim.shutdown().await;
+    }
+}
+
+// ---- a receiver too slow to answer ----
+
+/// A receiver that does not answer within `[webhook] timeout` fails the try (recorded with no
+/// status), and the event is delivered at the next try under the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_does_not_answer_in_time_gets_the_event_again() {
+    for db in databases("webhooks_timeout").await {
+        let label = db.label;
+        let w = World::new(db).await;
+        let engine = w.engine();
+        let id = w.add("slow", "9410123456780071").await;
+        engine.pass().await.unwrap();
+        let deliverer = w.deliverer_with(vec![Duration::from_secs(60)], Duration::from_millis(300));
+        w.receiver.delay_next(&[Duration::from_secs(3)]);
+        let r = deliverer.deliver_due(false).await.unwrap();
+        assert_eq!((r.failed, r.delivered), (1, 0), "{label}: {r:?}");
+        let row = &w.db.store.webhooks(None, Some(id), 10).await.unwrap()[0];
+        assert_eq!(
+            (row.state.as_str(), row.attempts, row.last_status),
+            ("pending", 1, None),
+            "{label}"
+        );
+        assert!(
+            row.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no answer within")),
+            "{label}: {row:?}"
+        );
+        w.advance(61);
+        let r = deliverer.deliver_due(false).await.unwrap();
+        assert_eq!(r.delivered, 1, "{label}: {r:?}");
+        // Delivered at the second try, under the event's one id.
+        let row = &w.db.store.webhooks(None, Some(id), 10).await.unwrap()[0];
+        assert_eq!(
+            (row.state.as_str(), row.attempts),
+            ("delivered", 2),
+            "{label}"
+        );
+        let got = w.receiver.delivered();
+        assert_eq!(got.len(), 1, "{label}: {got:#?}");
+        assert!(
+            got[0].id == row.event_id && got[0].verified,
+            "{label}: {got:#?}"
         );
         w.sim.shutdown().await;
     }
