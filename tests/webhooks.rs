@@ -7,7 +7,10 @@
 //! - a receiver that fails (5xx, or no answer within `[webhook] timeout`) gets each event
 //!   again, under the same `webhook-id`, on the `retry_after` schedule; after the last try the
 //!   event is dead, and `retry` brings it back;
-//! - a subscription's events arrive in order: a later one waits for an earlier one.
+//! - a subscription's events arrive in order: a later one waits for an earlier one;
+//! - three deliverers share one outbox without sending an event twice; the daemon SIGKILLed
+//!   before delivering delivers everything after its restart; an attempt unresolved for long
+//!   is told once; and the published Python library (`standardwebhooks`) verifies a delivery.
 
 mod support;
 
@@ -106,6 +109,9 @@ fn the_receivers_check_agrees_with_the_specification() {
 #[derive(Clone, Debug)]
 struct Received {
     id: String,
+    timestamp: String,
+    signature: String,
+    body: Vec<u8>,
     verified: bool,
     status: u16,
     json: Value,
@@ -187,6 +193,9 @@ impl Receiver {
                                 verified: verify(SECRET, &id, &ts, &body, &sig)
                                     && json_type == "application/json",
                                 id,
+                                timestamp: ts,
+                                signature: sig,
+                                body: body.to_vec(),
                                 status,
                                 json,
                             });
@@ -951,6 +960,89 @@ async fn a_receiver_that_does_not_answer_in_time_gets_the_event_again() {
         assert!(
             got[0].id == row.event_id && got[0].verified,
             "{label}: {got:#?}"
+        );
+        w.sim.shutdown().await;
+    }
+}
+
+// ---- the published verifier ----
+
+/// What a merchant runs: the Standard Webhooks Python package (`pip install standardwebhooks`,
+/// which `.ci/run` installs) verifies a real delivery. Says it skipped when Python or the
+/// package is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_python_library_verifies_a_delivery() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "the_published_python_library_verifies_a_delivery: skipped (python3 with the \
+             standardwebhooks package is missing; pip install standardwebhooks)"
+        );
+        return;
+    }
+    for db in databases("webhooks_python").await {
+        let label = db.label;
+        let w = World::new(db).await;
+        let engine = w.engine();
+        let id = w.add("python", "9410123456780081").await;
+        engine.pass().await.unwrap();
+        // The library refuses timestamps five minutes away from its own clock: deliver on the
+        // real one.
+        let config = WebhookConfig {
+            url: Some(reqwest::Url::parse(&w.receiver.url).unwrap()),
+            secret: Some(WebhookSecret::parse(SECRET).unwrap()),
+            ..WebhookConfig::default()
+        };
+        let deliverer = Deliverer::new(
+            w.db.store.clone(),
+            &config,
+            Arc::new(nicebill::clock::SystemClock),
+            "python".into(),
+        )
+        .unwrap()
+        .unwrap();
+        // (The event was written on the world's clock, ahead of the real one: sent now.)
+        assert_eq!(deliverer.drain(true).await.unwrap().delivered, 1, "{label}");
+        let got = w.receiver.delivered();
+        let r = &got[0];
+        let dir = tempfile::tempdir().unwrap();
+        let body = dir.path().join("body.json");
+        std::fs::write(&body, &r.body).unwrap();
+        let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+secret, body_path, msg_id, timestamp, signature = sys.argv[1:6]
+body = open(body_path, "rb").read()
+headers = {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": signature}
+event = Webhook(secret).verify(body, headers)
+print(event["type"], event["data"]["subscription_id"])
+try:
+    Webhook(secret).verify(body + b" ", headers)
+    print("tampered body accepted")
+except Exception:
+    print("tampered body refused")
+"#;
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, SECRET])
+            .arg(&body)
+            .args([&r.id, &r.timestamp, &r.signature])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{label}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            [
+                format!("charge.approved {id}").as_str(),
+                "tampered body refused"
+            ],
+            "{label}"
         );
         w.sim.shutdown().await;
     }

@@ -350,8 +350,12 @@ impl super::Store {
         let until = super::naive(super::later(now, lease));
         let pending = DeliveryState::Pending.as_str();
         self.write(move |c| {
+            // "Any time": the last second of year 9999, which both backends store and compare
+            // as a time (chrono's own maximum is text SQLite would compare wrongly).
             let due_by = if ignore_waits {
-                NaiveDateTime::MAX
+                chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+                    .and_then(|d| d.and_hms_opt(23, 59, 59))
+                    .unwrap_or(now_n)
             } else {
                 now_n
             };
