@@ -574,16 +574,22 @@ impl Default for WebhookConfig {
     }
 }
 
+/// A list of waits (`retry.retry_after`, `webhook.retry_after`): at most [`MAX_RETRY_AFTER`],
+/// each in `range`; `default` when the file does not set it. `per` says what each wait is for.
 fn durations(
     range: Range,
     values: &Option<Vec<String>>,
     default: &[Duration],
+    per: &str,
 ) -> Result<Vec<Duration>, KeyProblem> {
     let Some(values) = values else {
         return Ok(default.to_vec());
     };
     if values.len() > MAX_RETRY_AFTER {
-        return Err((range.key, format!("at most {MAX_RETRY_AFTER} entries")));
+        return Err((
+            range.key,
+            format!("{} waits: at most {MAX_RETRY_AFTER} ({per})", values.len()),
+        ));
     }
     values
         .iter()
@@ -678,6 +684,7 @@ fn webhook(
         WEBHOOK_RETRY_AFTER,
         &raw.retry_after,
         &defaults::WEBHOOK_RETRY_AFTER,
+        "one per failed delivery try",
     )?;
     Ok(WebhookConfig {
         url,
@@ -777,27 +784,12 @@ fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy
             format!("{moid_prefix:?}: at most 20 characters of A-Z, a-z, 0-9, '-' and '_'"),
         ));
     }
-    let retry_after = match &r.retry_after {
-        None => policy_defaults.retry_after.clone(),
-        Some(list) if list.len() > MAX_RETRY_AFTER => {
-            return Err((
-                RETRY_AFTER.key,
-                format!(
-                    "{} waits: at most {MAX_RETRY_AFTER} (one per declined try of a cycle)",
-                    list.len()
-                ),
-            ));
-        }
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                RETRY_AFTER
-                    .parse(t)
-                    .map_err(|p| (RETRY_AFTER.key, format!("entry {}: {p}", i + 1)))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-    };
+    let retry_after = durations(
+        RETRY_AFTER,
+        &r.retry_after,
+        &policy_defaults.retry_after,
+        "one per declined try of a cycle",
+    )?;
     let final_state = match r.final_state.as_deref() {
         None | Some("past_due") => FinalState::PastDue,
         Some("cancelled") => FinalState::Cancelled,
