@@ -25,6 +25,17 @@ impl FieldError {
     }
 }
 
+/// Whether a URL's host is this machine: `localhost`, 127.0.0.0/8 or `::1` (brackets allowed).
+/// The one test behind "plain http only to loopback" (NICEPAY, webhooks) and "TLS to any other
+/// PostgreSQL host".
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whole Korean won. NICEPAY amounts are at most 12 digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]

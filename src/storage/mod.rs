@@ -111,13 +111,7 @@ fn with_default_sslmode(text: &str, env_sslmode: bool) -> String {
             _ => {}
         }
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let local = host.is_empty()
-        || host.starts_with('/')
-        || host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let local = host.is_empty() || host.starts_with('/') || crate::domain::is_loopback_host(&host);
     if local {
         return text.to_owned();
     }

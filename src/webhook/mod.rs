@@ -26,10 +26,8 @@ pub fn parse_url(text: &str) -> Result<reqwest::Url, String> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials (the signature authenticates nicebill)".into());
     }
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+    let loopback = match url.host_str() {
+        Some(host) => crate::domain::is_loopback_host(host),
         None => return Err("has no host".into()),
     };
     match url.scheme() {

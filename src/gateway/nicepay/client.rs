@@ -31,10 +31,8 @@ impl BaseUrl {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(FieldError::new(FIELD, "must not carry credentials"));
         }
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        let loopback = match url.host_str() {
+            Some(host) => crate::domain::is_loopback_host(host),
             None => return Err(FieldError::new(FIELD, format!("{text:?} has no host"))),
         };
         match url.scheme() {
