@@ -291,15 +291,8 @@ impl Config {
         let mid = Mid::new(n.mid).map_err(field("nicepay.mid"))?;
         let key = match (&n.merchant_key_file, &n.merchant_key_env, &n.merchant_key) {
             (Some(path), None, None) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(
-                        "nicepay.merchant_key_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                if let Some(w) = loose_permissions(path) {
-                    warnings.push(w);
-                }
+                let text = read_secret_file("nicepay.merchant_key_file", path, &mut warnings)
+                    .map_err(|(k, p)| invalid(k, p))?;
                 MerchantKey::new(text).map_err(|e| {
                     invalid(
                         "nicepay.merchant_key_file",
@@ -622,18 +615,10 @@ fn webhook(
         Some(text) => Some(crate::webhook::parse_url(text).map_err(|p| ("webhook.url", p))?),
     };
     let secret_text = match (&raw.secret_file, &raw.secret_env) {
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                (
-                    "webhook.secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            if let Some(w) = loose_permissions(path) {
-                warnings.push(w);
-            }
-            Some(("webhook.secret_file", text))
-        }
+        (Some(path), None) => Some((
+            "webhook.secret_file",
+            read_secret_file("webhook.secret_file", path, warnings)?,
+        )),
         (None, Some(var)) => Some((
             "webhook.secret_env",
             env(var).ok_or_else(|| {
@@ -905,6 +890,20 @@ fn redact_error(e: ConfigError, text: &str) -> ConfigError {
             problem: redact(problem),
         },
     }
+}
+
+/// A secret's file (`key` names it in errors), with a warning when others may read it.
+fn read_secret_file(
+    key: &'static str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<String, KeyProblem> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| (key, format!("cannot read {}: {e}", path.display())))?;
+    if let Some(w) = loose_permissions(path) {
+        warnings.push(w);
+    }
+    Ok(text)
 }
 
 /// A warning when a file that may hold secrets is readable by others, or by a group other than
