@@ -287,20 +287,40 @@ impl World {
 
     fn deliverer_with(&self, retry_after: Vec<Duration>, timeout: Duration) -> Deliverer {
         let config = WebhookConfig {
-            url: Some(reqwest::Url::parse(&self.receiver.url).unwrap()),
-            secret: Some(WebhookSecret::parse(SECRET).unwrap()),
             timeout,
             retry_after,
-            ..WebhookConfig::default()
+            ..self.webhook_config()
         };
-        Deliverer::new(
-            self.db.store.clone(),
-            &config,
-            Arc::new(self.clock.clone()),
-            "webhooks".into(),
-        )
-        .unwrap()
-        .unwrap()
+        self.deliverer_on(config, Arc::new(self.clock.clone()), "webhooks")
+    }
+
+    /// `[webhook]` pointing at the receiver, the rest as configured by default.
+    fn webhook_config(&self) -> WebhookConfig {
+        WebhookConfig {
+            url: Some(reqwest::Url::parse(&self.receiver.url).unwrap()),
+            secret: Some(WebhookSecret::parse(SECRET).unwrap()),
+            ..WebhookConfig::default()
+        }
+    }
+
+    /// A deliverer (an instance called `owner`) on `clock`.
+    fn deliverer_on(&self, config: WebhookConfig, clock: SharedClock, owner: &str) -> Deliverer {
+        Deliverer::new(self.db.store.clone(), &config, clock, owner.into())
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The merchant cancels subscription `id`.
+    async fn cancel(&self, id: i64) {
+        self.db
+            .store
+            .write(move |c| {
+                Ok(diesel::update(subscriptions::table.find(id))
+                    .set(subscriptions::status.eq("cancelled"))
+                    .execute(c)?)
+            })
+            .await
+            .unwrap();
     }
 
     /// A monthly subscription due five minutes ago, on a card with `number`.
@@ -356,14 +376,7 @@ async fn every_event_of_a_billing_run_arrives_signed() {
         engine.pass().await.unwrap();
         // The merchant cancels one; a day later dunning gives up on the declined card, and the
         // one-cycle subscription has ended.
-        w.db.store
-            .write(move |c| {
-                Ok(diesel::update(subscriptions::table.find(cancelled))
-                    .set(subscriptions::status.eq("cancelled"))
-                    .execute(c)?)
-            })
-            .await
-            .unwrap();
+        w.cancel(cancelled).await;
         w.advance(86_400 + 60);
         engine.pass().await.unwrap();
         engine.pass().await.unwrap();
@@ -515,14 +528,7 @@ async fn a_failing_receiver_gets_each_event_again_under_the_same_id() {
             ("delivered", 3),
             "{label}"
         );
-        w.db.store
-            .write(move |c| {
-                Ok(diesel::update(subscriptions::table.find(id))
-                    .set(subscriptions::status.eq("cancelled"))
-                    .execute(c)?)
-            })
-            .await
-            .unwrap();
+        w.cancel(id).await;
         engine.pass().await.unwrap();
         w.receiver.fail_next(&[500, 500, 500]);
         deliverer.deliver_due(false).await.unwrap();
@@ -570,14 +576,7 @@ async fn a_subscriptions_events_arrive_in_order() {
         let first = w.add("first", "9410123456780031").await;
         let other = w.add("other", "9410123456780032").await;
         engine.pass().await.unwrap();
-        w.db.store
-            .write(move |c| {
-                Ok(diesel::update(subscriptions::table.find(first))
-                    .set(subscriptions::status.eq("cancelled"))
-                    .execute(c)?)
-            })
-            .await
-            .unwrap();
+        w.cancel(first).await;
         engine.pass().await.unwrap();
         // The first event of `first` fails: its later events wait; `other` is not held up.
         let deliverer = w.deliverer(vec![Duration::from_secs(60)]);
@@ -623,19 +622,8 @@ async fn three_instances_deliver_each_event_once() {
         engine.pass().await.unwrap();
         let deliverers: Vec<Deliverer> = (0..3)
             .map(|i| {
-                let config = WebhookConfig {
-                    url: Some(reqwest::Url::parse(&w.receiver.url).unwrap()),
-                    secret: Some(WebhookSecret::parse(SECRET).unwrap()),
-                    ..WebhookConfig::default()
-                };
-                Deliverer::new(
-                    w.db.store.clone(),
-                    &config,
-                    Arc::new(w.clock.clone()),
-                    format!("instance-{i}"),
-                )
-                .unwrap()
-                .unwrap()
+                let clock: SharedClock = Arc::new(w.clock.clone());
+                w.deliverer_on(w.webhook_config(), clock, &format!("instance-{i}"))
             })
             .collect();
         let mut tasks = tokio::task::JoinSet::new();
@@ -990,19 +978,11 @@ async fn the_published_python_library_verifies_a_delivery() {
         engine.pass().await.unwrap();
         // The library refuses timestamps five minutes away from its own clock: deliver on the
         // real one.
-        let config = WebhookConfig {
-            url: Some(reqwest::Url::parse(&w.receiver.url).unwrap()),
-            secret: Some(WebhookSecret::parse(SECRET).unwrap()),
-            ..WebhookConfig::default()
-        };
-        let deliverer = Deliverer::new(
-            w.db.store.clone(),
-            &config,
+        let deliverer = w.deliverer_on(
+            w.webhook_config(),
             Arc::new(nicebill::clock::SystemClock),
-            "python".into(),
-        )
-        .unwrap()
-        .unwrap();
+            "python",
+        );
         // (The event was written on the world's clock, ahead of the real one: sent now.)
         assert_eq!(deliverer.drain(true).await.unwrap().delivered, 1, "{label}");
         let got = w.receiver.delivered();
