@@ -1038,7 +1038,7 @@ async fn a_new_card_between_claim_and_commit_is_charged_not_the_removed_one() {
         let w = world(&db, kst("2027-03-01 10:00")).await;
         let id = w.add("card-1").await;
         w.store.notice(w.now()).await.unwrap();
-        let old = w.merchant_bid(id).await;
+        let old = w.store.subscription(id).await.unwrap().unwrap().bid;
 
         let (stall_a, hooks_a) = Stall::new();
         let a = w.engine("instance-a", hooks_a);
@@ -1106,19 +1106,5 @@ async fn a_new_card_between_claim_and_commit_is_charged_not_the_removed_one() {
             w.label
         );
         w.sim.shutdown().await;
-    }
-}
-
-impl World {
-    /// The billkey the merchant's row of subscription `id` names now.
-    async fn merchant_bid(&self, id: i64) -> String {
-        self.store
-            .subscriptions()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|s| s.id == id)
-            .expect("the row exists")
-            .bid
     }
 }
