@@ -655,12 +655,6 @@ async fn three_instances_deliver_each_event_once() {
 
 // ---- the daemon: SIGKILLed between the changes and their delivery ----
 
-fn nicebill() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nicebill"));
-    c.env("RUST_LOG", "warn");
-    c
-}
-
 /// The daemon charges while the receiver is down and is SIGKILLed; the events wait in the
 /// outbox. Restarted with the receiver up, it delivers every one, signed; the health file
 /// shows the outbox meanwhile.
@@ -739,31 +733,13 @@ retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s",
             ids.push(db.store.insert_subscription(row).await.unwrap());
         }
         let mut first = Killed(
-            nicebill()
+            support::process::bin("warn")
                 .args(["run", "--config"])
                 .arg(&config)
                 .spawn()
                 .unwrap(),
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let approved = db
-                .store
-                .charges(None)
-                .await
-                .unwrap()
-                .iter()
-                .filter(|c| c.state == "approved")
-                .count();
-            if approved == N {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{label}: {approved} of {N} charged"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        support::campaign::wait_approved(label, &db.store, N, Duration::from_secs(60)).await;
         // The health file tells of the backlog (a pass after the charges wrote it).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -787,7 +763,7 @@ retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s",
 
         let receiver = Receiver::start_on(&addr.to_string()).await;
         let _second = Killed(
-            nicebill()
+            support::process::bin("warn")
                 .args(["run", "--config"])
                 .arg(&config)
                 .spawn()
