@@ -116,6 +116,7 @@ struct RawWebhook {
     retry_after: Option<Vec<String>>,
     events: Option<Vec<String>>,
     keep: Option<String>,
+    upcoming_lead: Option<Vec<String>>,
 }
 
 /// `[log]` as written in the file.
@@ -403,6 +404,7 @@ impl Config {
         e.removal_retry.max_interval = s.removal_max_interval;
         e.throttle_pause = s.throttle_pause;
         e.late_check_after = s.late_check_after;
+        e.upcoming_lead = self.webhook.upcoming_lead.clone();
         e
     }
 }
@@ -446,6 +448,9 @@ pub mod defaults {
     ];
     pub const WEBHOOK_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
     pub const WEBHOOK_MAX_AGE: Duration = Duration::from_secs(3600);
+    /// `charge.upcoming` a week before each cycle (a merchant bound by the E-Commerce Act's
+    /// 30-day notice sets `["30d", "7d"]`).
+    pub const UPCOMING_LEAD: [Duration; 1] = [Duration::from_secs(7 * 24 * 3600)];
 }
 
 /// The allowed values of one duration key, inclusive.
@@ -495,6 +500,11 @@ const WEBHOOK_TIMEOUT: Range = range("webhook.timeout", MS, MINUTE.saturating_mu
 const WEBHOOK_RETRY_AFTER: Range = range("webhook.retry_after", SECOND, DAY.saturating_mul(30));
 const WEBHOOK_KEEP: Range = range("webhook.keep", HOUR, DAY.saturating_mul(3650));
 const WEBHOOK_MAX_AGE: Range = range("health.webhook_max_age", SECOND, DAY.saturating_mul(30));
+/// A notice before a charge: at least a minute (a shorter one is the charge itself), at most
+/// 400 days (a yearly cycle's notice).
+const UPCOMING_LEAD: Range = range("webhook.upcoming_lead", MINUTE, DAY.saturating_mul(400));
+/// At most this many notices per cycle.
+const MAX_UPCOMING_LEAD: usize = 10;
 /// At most this many dunning waits (declined tries of one cycle).
 const MAX_RETRY_AFTER: usize = 100;
 
@@ -552,6 +562,8 @@ pub struct WebhookConfig {
     /// The types delivered; `None`: all.
     pub events: Option<Vec<crate::billing::model::WebhookKind>>,
     pub keep: Duration,
+    /// `charge.upcoming` notices: how long before each cycle comes due (empty: none).
+    pub upcoming_lead: crate::billing::model::NoticeLeads,
 }
 
 impl Default for WebhookConfig {
@@ -563,6 +575,7 @@ impl Default for WebhookConfig {
             retry_after: defaults::WEBHOOK_RETRY_AFTER.to_vec(),
             events: None,
             keep: defaults::WEBHOOK_KEEP,
+            upcoming_lead: crate::billing::model::NoticeLeads::new(defaults::UPCOMING_LEAD),
         }
     }
 }
@@ -671,9 +684,23 @@ fn webhook(
         &defaults::WEBHOOK_RETRY_AFTER,
         "one per failed delivery try",
     )?;
+    let lead = raw.upcoming_lead.as_deref().unwrap_or_default();
+    if lead.len() > MAX_UPCOMING_LEAD {
+        return Err((
+            UPCOMING_LEAD.key,
+            format!("{} leads: at most {MAX_UPCOMING_LEAD}", lead.len()),
+        ));
+    }
+    let upcoming_lead = crate::billing::model::NoticeLeads::new(durations(
+        UPCOMING_LEAD,
+        &raw.upcoming_lead,
+        &defaults::UPCOMING_LEAD,
+        "one notice per lead and cycle",
+    )?);
     Ok(WebhookConfig {
         url,
         secret,
+        upcoming_lead,
         timeout: WEBHOOK_TIMEOUT.read(&raw.timeout, defaults::WEBHOOK_TIMEOUT)?,
         retry_after,
         events,
@@ -1383,6 +1410,19 @@ mod tests {
             defaults::WEBHOOK_RETRY_AFTER.to_vec()
         );
         assert_eq!(c.health.webhook_max_age, defaults::WEBHOOK_MAX_AGE);
+        assert_eq!(c.webhook.upcoming_lead.secs(), &[7 * 86_400]);
+        assert_eq!(
+            c.engine_settings("o".into()).upcoming_lead,
+            c.webhook.upcoming_lead
+        );
+        // The Act's 30 days, in any order; none at all.
+        let c = parse_env(&format!(
+            "{head}[webhook]\nupcoming_lead = [\"7d\", \"30d\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.webhook.upcoming_lead.secs(), &[30 * 86_400, 7 * 86_400]);
+        let c = parse_env(&format!("{head}[webhook]\nupcoming_lead = []\n")).unwrap();
+        assert!(c.webhook.upcoming_lead.is_empty());
         let c = parse_env(&format!(
             "{head}[webhook]\nurl = \"https://shop.example.com/h\"\nsecret_env = \"WH\"\nretry_after = [\"1s\"]\nevents = [\"charge.approved\"]\n"
         ))
@@ -1413,6 +1453,14 @@ mod tests {
             (
                 "retry_after = [\"31d\"]\n".to_owned(),
                 "webhook.retry_after: entry 1: \"31d\" is out of range",
+            ),
+            (
+                "upcoming_lead = [\"7d\", \"30s\"]\n".to_owned(),
+                "webhook.upcoming_lead: entry 2: \"30s\" is out of range",
+            ),
+            (
+                format!("upcoming_lead = [{}]\n", ["\"1d\""; 11].join(", ")),
+                "webhook.upcoming_lead: 11 leads: at most 10",
             ),
         ] {
             let text = format!("{head}[webhook]\n{tail}");

@@ -352,9 +352,13 @@ async fn seed(store: &Store) -> (i64, i64) {
         "nictest04m01162701310900000001",
     ]);
     let started = store
-        .start_attempts("admin-test", now, attempts, move || {
-            tids.lock().unwrap().pop().unwrap().to_owned()
-        })
+        .start_attempts(
+            "admin-test",
+            now,
+            attempts,
+            &Default::default(),
+            move || tids.lock().unwrap().pop().unwrap().to_owned(),
+        )
         .await
         .unwrap();
     assert_eq!(started.len(), 2);
@@ -408,7 +412,13 @@ async fn seed(store: &Store) -> (i64, i64) {
         outcome(started[0].1, a, true),
         outcome(started[1].1, b, false),
     ];
-    assert_eq!(store.record_outcomes(now, outcomes).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .record_outcomes(now, outcomes, &Default::default())
+            .await
+            .unwrap(),
+        2
+    );
     (a, b)
 }
 

@@ -1310,12 +1310,13 @@ async fn upgrade_story(db: OldDb) {
     }
     exec(store, sql).await;
     // Every migration since the first schema is pending (ownership first, then the webhook
-    // outbox): the upgrade below goes through all of them.
+    // outbox, then upcoming notices): the upgrade below goes through all of them.
     assert_eq!(
         store.pending_migrations().await.unwrap(),
         vec![
             "2026-12-04-000001_ownership".to_owned(),
-            "2026-12-05-000001_webhooks".to_owned()
+            "2026-12-05-000001_webhooks".to_owned(),
+            "2026-12-06-000001_upcoming".to_owned(),
         ],
         "{label}: not a database of the previous main"
     );

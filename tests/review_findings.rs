@@ -26,7 +26,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use nicebill::billing::engine::futures_hook::Hook;
 use nicebill::billing::engine::{ChargeNow, Engine, EngineSettings, Hooks};
-use nicebill::billing::model::{SubscriptionId, SubscriptionStatus};
+use nicebill::billing::model::{NoticeLeads, SubscriptionId, SubscriptionStatus};
 use nicebill::billing::plan::Policy;
 use nicebill::clock::{Clock, ManualClock, SharedClock};
 use nicebill::domain::{Krw, Moid, Tid};
@@ -481,6 +481,7 @@ async fn the_database_refuses_a_second_live_attempt() {
                 "tester",
                 now,
                 vec![attempt(1, 1), attempt(1, 2), attempt(2, 1)],
+                &NoticeLeads::default(),
                 move || client.new_tid().to_string(),
             )
             .await

@@ -28,7 +28,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use nicebill::billing::engine::{Engine, EngineSettings, Hooks};
-use nicebill::billing::model::DeliveryState;
+use nicebill::billing::model::{DeliveryState, NoticeLeads};
 use nicebill::billing::plan::Policy;
 use nicebill::clock::{Clock, ManualClock, SharedClock};
 use nicebill::config::WebhookConfig;
@@ -265,12 +265,23 @@ impl World {
         }
     }
 
+    /// An engine that writes no upcoming notices: the delivery tests count other events.
     fn engine(&self) -> Engine {
+        self.engine_with(NoticeLeads::default())
+    }
+
+    /// An engine telling `charge.upcoming` at `leads`.
+    fn engine_with(&self, leads: NoticeLeads) -> Engine {
+        self.engine_named("webhooks", leads)
+    }
+
+    fn engine_named(&self, owner: &str, leads: NoticeLeads) -> Engine {
         let policy = Policy {
             retry_after: vec![Duration::from_secs(86_400)],
             ..Policy::default()
         };
-        let mut s = EngineSettings::new("webhooks".into(), policy, Duration::from_secs(4));
+        let mut s = EngineSettings::new(owner.into(), policy, Duration::from_secs(4));
+        s.upcoming_lead = leads;
         s.transient = RetryPolicy::new(
             Duration::from_millis(10),
             Duration::from_millis(20),
@@ -335,6 +346,62 @@ impl World {
         self.db.store.insert_subscription(row).await.unwrap()
     }
 
+    /// A monthly subscription first due at `anchor`, on a card with `number`.
+    async fn add_at(&self, name: &str, number: &str, anchor: chrono::DateTime<chrono::Utc>) -> i64 {
+        let bid = issue(&self.client, number, &format!("bk-{name}")).await;
+        let row = monthly(name, &bid, 5_000, anchor);
+        self.db.store.insert_subscription(row).await.unwrap()
+    }
+
+    /// Sets a merchant column of subscription `id`.
+    async fn set_amount(&self, id: i64, amount: i64) {
+        self.db
+            .store
+            .write(move |c| {
+                Ok(diesel::update(subscriptions::table.find(id))
+                    .set(subscriptions::amount.eq(amount))
+                    .execute(c)?)
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The outbox's events of subscription `id`, oldest first: (outbox id, type, data).
+    async fn outbox_of(&self, id: i64) -> Vec<(i64, String, Value)> {
+        let mut rows = self
+            .db
+            .store
+            .webhooks(None, Some(id), 10_000)
+            .await
+            .unwrap();
+        rows.reverse();
+        rows.into_iter()
+            .map(|r| {
+                let body: Value = serde_json::from_str(&r.body).unwrap();
+                (r.id, r.kind, body["data"].clone())
+            })
+            .collect()
+    }
+
+    /// The upcoming notices of subscription `id`, oldest first: (cycle, lead, amount,
+    /// previous amount, amount changed).
+    async fn notices_of(&self, id: i64) -> Vec<(i64, String, i64, Option<i64>, bool)> {
+        self.outbox_of(id)
+            .await
+            .into_iter()
+            .filter(|(_, kind, _)| kind == "charge.upcoming")
+            .map(|(_, _, d)| {
+                (
+                    d["cycle"].as_i64().unwrap(),
+                    d["lead"].as_str().unwrap().to_owned(),
+                    d["amount"].as_i64().unwrap(),
+                    d["previous_amount"].as_i64(),
+                    d["amount_changed"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     fn advance(&self, secs: i64) {
         self.clock.advance(chrono::Duration::seconds(secs));
     }
@@ -354,7 +421,9 @@ async fn every_event_of_a_billing_run_arrives_signed() {
     for db in databases("webhooks_all").await {
         let label = db.label;
         let w = World::new(db).await;
-        let engine = w.engine();
+        // The default lead (7 days): each cycle charged here was due already, so its notice
+        // goes out with its first attempt, ahead of it.
+        let engine = w.engine_with(WebhookConfig::default().upcoming_lead);
         let approved = w.add("ok", "9410123456780001").await;
         let declined = w.add("poor", "9410123456780002").await;
         let expired = w.add("expired", "9410123456780003").await;
@@ -389,10 +458,15 @@ async fn every_event_of_a_billing_run_arrives_signed() {
             "{label}: a signature did not verify: {got:#?}"
         );
         assert_eq!(report.delivered, got.len(), "{label}: {report:?}");
-        assert_eq!(types_of(&got, approved), ["charge.approved"], "{label}");
+        assert_eq!(
+            types_of(&got, approved),
+            ["charge.upcoming", "charge.approved"],
+            "{label}"
+        );
         assert_eq!(
             types_of(&got, declined),
             [
+                "charge.upcoming",
                 "charge.declined",
                 "charge.declined",
                 "subscription.past_due"
@@ -401,22 +475,28 @@ async fn every_event_of_a_billing_run_arrives_signed() {
         );
         assert_eq!(
             types_of(&got, expired),
-            ["charge.failed", "subscription.card_invalid"],
+            [
+                "charge.upcoming",
+                "charge.failed",
+                "subscription.card_invalid"
+            ],
             "{label}"
         );
         assert_eq!(
             types_of(&got, cancelled),
             [
+                "charge.upcoming",
                 "charge.approved",
                 "subscription.cancelled",
                 "billkey.removed"
             ],
             "{label}"
         );
+        // A row that would not be charged is not announced either.
         assert_eq!(types_of(&got, bad), ["subscription.invalid"], "{label}");
         assert_eq!(
             types_of(&got, ending),
-            ["charge.approved", "subscription.ended"],
+            ["charge.upcoming", "charge.approved", "subscription.ended"],
             "{label}"
         );
 
@@ -445,6 +525,19 @@ async fn every_event_of_a_billing_run_arrives_signed() {
             chrono::DateTime::parse_from_rfc3339(a["timestamp"].as_str().unwrap()).is_ok(),
             "{label}: {a}"
         );
+        let u = one(approved, "charge.upcoming");
+        assert_eq!(u["data"]["external_id"], "ok", "{label}: {u}");
+        assert_eq!(u["data"]["cycle"], 1, "{label}: {u}");
+        assert_eq!(u["data"]["amount"], 5_000, "{label}: {u}");
+        assert_eq!(u["data"]["previous_amount"], Value::Null, "{label}: {u}");
+        assert_eq!(u["data"]["amount_changed"], true, "{label}: {u}");
+        assert_eq!(u["data"]["lead"], "7d", "{label}: {u}");
+        assert_eq!(
+            u["data"]["due_at"],
+            (w.clock.now() - chrono::Duration::seconds(86_400 + 60 + 300))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "{label}: {u}"
+        );
         let d = one(declined, "charge.declined");
         assert_eq!(d["data"]["result_code"], "3095", "{label}: {d}");
         assert!(d["data"]["next_attempt_at"].is_string(), "{label}: {d}");
@@ -466,6 +559,214 @@ async fn every_event_of_a_billing_run_arrives_signed() {
         ids.dedup();
         assert_eq!(ids.len(), got.len(), "{label}");
         assert_eq!(deliverer.drain(true).await.unwrap().tried(), 0, "{label}");
+        w.sim.shutdown().await;
+    }
+}
+
+// ---- upcoming notices ----
+
+/// `charge.upcoming` with the Act's leads (30 and 7 days): each (cycle, lead) is told once, that
+/// long ahead, or at once when the cycle comes due sooner (a new subscription); never after
+/// the cycle's charge; with the amount to be charged and the last approved one; not while
+/// paused, not for a row that would not be charged; and once however many instances tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upcoming_notices_are_told_once_per_cycle_and_lead_and_never_after_the_charge() {
+    const DAY: i64 = 86_400;
+    for db in databases("webhooks_upcoming").await {
+        let label = db.label;
+        let w = World::new(db).await;
+        let leads = NoticeLeads::new([
+            Duration::from_secs(30 * DAY as u64),
+            Duration::from_secs(7 * DAY as u64),
+        ]);
+        let engine = w.engine_with(leads.clone());
+        let t0 = w.clock.now();
+        let far = w
+            .add_at("far", "9410123456780061", t0 + chrono::Duration::days(40))
+            .await;
+        let soon = w
+            .add_at("soon", "9410123456780062", t0 + chrono::Duration::days(3))
+            .await;
+        let now_due = w
+            .add_at("due", "9410123456780063", t0 - chrono::Duration::minutes(5))
+            .await;
+        let paused = w
+            .add_at("paused", "9410123456780064", t0 + chrono::Duration::days(3))
+            .await;
+        let bad = w
+            .add_at("bad", "9410123456780065", t0 + chrono::Duration::days(3))
+            .await;
+        w.set_amount(bad, 0).await;
+        w.db.store
+            .write(move |c| {
+                Ok(diesel::update(subscriptions::table.find(paused))
+                    .set(subscriptions::status.eq("paused"))
+                    .execute(c)?)
+            })
+            .await
+            .unwrap();
+
+        let report = engine.pass().await.unwrap();
+        let both = |cycle: i64, amount: i64, previous: Option<i64>| {
+            vec![
+                (
+                    cycle,
+                    "30d".to_owned(),
+                    amount,
+                    previous,
+                    previous != Some(amount),
+                ),
+                (
+                    cycle,
+                    "7d".to_owned(),
+                    amount,
+                    previous,
+                    previous != Some(amount),
+                ),
+            ]
+        };
+        // 40 days ahead: nothing yet. 3 days ahead, new: both leads at once. Due now: both,
+        // in the transaction of its attempt, ahead of the approval.
+        assert_eq!(w.notices_of(far).await, [], "{label}");
+        assert_eq!(w.notices_of(soon).await, both(1, 5_000, None), "{label}");
+        assert_eq!(w.notices_of(now_due).await, both(1, 5_000, None), "{label}");
+        let kinds: Vec<String> = w
+            .outbox_of(now_due)
+            .await
+            .into_iter()
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(
+            kinds,
+            ["charge.upcoming", "charge.upcoming", "charge.approved"],
+            "{label}"
+        );
+        assert_eq!(w.notices_of(paused).await, [], "{label}: paused");
+        assert_eq!(
+            w.notices_of(bad).await,
+            [],
+            "{label}: amount 0 is not announced"
+        );
+        // Counted by the pass: those told ahead of an attempt (not those told with one).
+        assert_eq!(report.notices, 2, "{label}: {report:?}");
+        // The notice's due time is the cycle's.
+        let (_, _, d) = w.outbox_of(soon).await.remove(0);
+        assert_eq!(
+            d["due_at"],
+            (t0 + chrono::Duration::days(3)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "{label}: {d}"
+        );
+        // Passes meanwhile tell nothing again.
+        assert_eq!(engine.pass().await.unwrap().notices, 0, "{label}");
+
+        // 30 days before `far` comes due: its first notice, and only that.
+        w.advance(10 * DAY - 60);
+        engine.pass().await.unwrap();
+        assert_eq!(w.notices_of(far).await, [], "{label}: a minute early");
+        w.advance(61);
+        engine.pass().await.unwrap();
+        assert_eq!(
+            w.notices_of(far).await,
+            both(1, 5_000, None)[..1],
+            "{label}"
+        );
+        // `soon` was charged meanwhile (3 days in): its next cycle (a month after) is 30 days
+        // away or less, so told now, with the last approved amount.
+        let soon_notices = w.notices_of(soon).await;
+        assert_eq!(
+            soon_notices[2..],
+            both(2, 5_000, Some(5_000))[..1],
+            "{label}"
+        );
+        // The merchant raises `far` before its 7-day notice and `soon` before its cycle 2's.
+        w.set_amount(far, 7_000).await;
+        w.set_amount(soon, 6_000).await;
+        // Seven days before `far` comes due.
+        w.advance(23 * DAY);
+        engine.pass().await.unwrap();
+        assert_eq!(
+            w.notices_of(far).await,
+            [
+                (1, "30d".to_owned(), 5_000, None, true),
+                (1, "7d".to_owned(), 7_000, None, true),
+            ],
+            "{label}"
+        );
+        assert_eq!(
+            w.notices_of(soon).await[3],
+            (2, "7d".to_owned(), 6_000, Some(5_000), true),
+            "{label}"
+        );
+
+        // Months on, each charged cycle of each subscription had both notices, once each,
+        // before its approval; the paused row none, the bad row none (and it is invalid now).
+        for _ in 0..4 {
+            w.advance(15 * DAY);
+            engine.pass().await.unwrap();
+            engine.pass().await.unwrap();
+        }
+        for id in [far, soon, now_due] {
+            let events = w.outbox_of(id).await;
+            let mut told: Vec<(i64, String)> = Vec::new();
+            let mut approved = 0;
+            for (_, kind, d) in &events {
+                let cycle = d["cycle"].as_i64().unwrap_or(0);
+                match kind.as_str() {
+                    "charge.upcoming" => {
+                        let key = (cycle, d["lead"].as_str().unwrap().to_owned());
+                        assert!(!told.contains(&key), "{label}: {id} told {key:?} twice");
+                        told.push(key);
+                    }
+                    "charge.approved" => {
+                        approved += 1;
+                        for lead in ["30d", "7d"] {
+                            assert!(
+                                told.contains(&(cycle, lead.to_owned())),
+                                "{label}: {id} cycle {cycle} charged before its {lead} notice: \
+                                 {events:#?}"
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            assert!(approved >= 2, "{label}: {id}: {events:#?}");
+        }
+        assert_eq!(w.notices_of(paused).await, [], "{label}");
+        assert_eq!(w.notices_of(bad).await, [], "{label}");
+
+        // Three instances telling at once: each notice once.
+        let t = w.clock.now();
+        let mut many = Vec::new();
+        for i in 0..12 {
+            many.push(
+                w.add_at(
+                    &format!("many-{i}"),
+                    "9410123456780066",
+                    t + chrono::Duration::days(3),
+                )
+                .await,
+            );
+        }
+        let engines: Vec<Engine> = (0..3)
+            .map(|i| w.engine_named(&format!("instance-{i}"), leads.clone()))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for e in engines {
+            tasks.spawn(async move { e.pass().await.unwrap().notices });
+        }
+        let mut told = 0;
+        while let Some(n) = tasks.join_next().await {
+            told += n.unwrap();
+        }
+        for id in &many {
+            assert_eq!(w.notices_of(*id).await, both(1, 5_000, None), "{label}");
+        }
+        assert_eq!(
+            told,
+            2 * many.len(),
+            "{label}: told by the three passes together"
+        );
         w.sim.shutdown().await;
     }
 }
@@ -706,6 +1007,11 @@ tick = "* * * * * *"
 settle_margin = "1s"
 lease = "2s"
 
+[retry]
+# An attempt that timed out before NICEPAY saw it (a loaded machine) is sent again soon.
+resend_after = "1s"
+request_error_retry = "1s"
+
 [health]
 file = "{health}"
 
@@ -746,8 +1052,9 @@ retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s",
             let h: Option<Value> = std::fs::read(&health)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
+            // Each charge and its upcoming notice (the default lead; told with the attempt).
             if h.as_ref()
-                .is_some_and(|h| h["webhooks"]["backlog"] == N as u64)
+                .is_some_and(|h| h["webhooks"]["backlog"] == 2 * N as u64)
             {
                 assert_eq!(h.unwrap()["webhooks"]["delivering"], true, "{label}");
                 break;
@@ -770,18 +1077,23 @@ retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s",
                 .unwrap(),
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while receiver.delivered().len() < N {
+        while receiver.delivered().len() < 2 * N {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{label}: {} of {N} delivered",
-                receiver.delivered().len()
+                "{label}: {} of {} delivered",
+                receiver.delivered().len(),
+                2 * N
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let got = receiver.delivered();
         assert!(got.iter().all(|r| r.verified), "{label}: {got:#?}");
         for id in &ids {
-            assert_eq!(types_of(&got, *id), ["charge.approved"], "{label}");
+            assert_eq!(
+                types_of(&got, *id),
+                ["charge.upcoming", "charge.approved"],
+                "{label}"
+            );
         }
         // Each delivery is recorded right after its answer.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

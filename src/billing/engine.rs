@@ -18,7 +18,9 @@ use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
+use super::model::{
+    ChargeId, ChargeState, EventKind, MerchantRow, NoticeLeads, SubscriptionId, SubscriptionStatus,
+};
 use super::plan::{self, Advance, Decision, Policy, Position, Settled, Valid};
 use crate::clock::SharedClock;
 use crate::config::{self, defaults};
@@ -63,6 +65,9 @@ pub struct EngineSettings {
     /// After a "not found" conclusion, look the attempt up once more this much later: an
     /// approval found then is recorded (and a double charge, if its cycle was charged again).
     pub late_check_after: Duration,
+    /// `charge.upcoming` notices this long before each cycle comes due (`[webhook]
+    /// upcoming_lead`).
+    pub upcoming_lead: NoticeLeads,
     /// Hooks for tests that must stop the engine at a precise point.
     #[doc(hidden)]
     pub hooks: Hooks,
@@ -124,6 +129,7 @@ impl EngineSettings {
             ),
             throttle_pause: defaults::THROTTLE_PAUSE,
             late_check_after: defaults::LATE_CHECK_AFTER,
+            upcoming_lead: NoticeLeads::new(defaults::UPCOMING_LEAD),
             hooks: Hooks::default(),
         }
     }
@@ -207,6 +213,9 @@ pub struct PassReport {
     pub doubles: usize,
     /// Of `failed`: answered with a result code NICEPAY's lists do not name (retried).
     pub unlisted_codes: usize,
+    /// `charge.upcoming` notices told ahead of their cycle (those told in the transaction of
+    /// a first attempt are not counted here).
+    pub notices: usize,
 }
 
 impl PassReport {
@@ -225,6 +234,7 @@ impl PassReport {
         self.late_checked += other.late_checked;
         self.doubles += other.doubles;
         self.unlisted_codes += other.unlisted_codes;
+        self.notices += other.notices;
     }
 }
 
@@ -327,9 +337,35 @@ impl Engine {
         }
         report.merge(&self.resolve_unresolved().await?);
         report.merge(&self.charge_due().await?);
+        // After charging: a subscription planned in this pass hears of its cycle in it too.
+        report.notices += self.tell_upcoming(now).await?;
         report.merge(&self.check_late().await?);
         report.merge(&self.remove_billkeys().await?);
         Ok(report)
+    }
+
+    /// `charge.upcoming` notices due by `now` (and plans made again where a cycle moved).
+    /// A row is announced only if it would be charged as it stands.
+    async fn tell_upcoming(&self, now: DateTime<Utc>) -> Result<usize, EngineError> {
+        let s = &self.settings;
+        let policy = s.policy.clone();
+        let amount_of = Arc::new(move |row: &MerchantRow| {
+            plan::validate(row, &policy)
+                .map(|v| v.amount.value())
+                .map_err(|e| e.to_string())
+        });
+        let told = self
+            .store
+            .tell_upcoming(now, &s.upcoming_lead, amount_of)
+            .await?;
+        if told.told > 0 {
+            tracing::info!(
+                notices = told.told,
+                planned = told.planned,
+                "charge.upcoming notices written"
+            );
+        }
+        Ok(told.told)
     }
 
     // ---- charging ----
@@ -361,7 +397,11 @@ impl Engine {
         };
         let counted = tally(&[(outcome.clone(), settledness)]);
         self.store
-            .record_outcomes(self.clock.now(), vec![outcome])
+            .record_outcomes(
+                self.clock.now(),
+                vec![outcome],
+                &self.settings.upcoming_lead,
+            )
             .await?;
         // Counted once the outcome is in the database.
         counted.add_to(&self.stats);
@@ -388,6 +428,7 @@ impl Engine {
             self.store.clone(),
             self.clock.clone(),
             Arc::clone(&self.stats),
+            s.upcoming_lead.clone(),
             s.hooks.before_write.clone(),
             out_rx,
         ));
@@ -666,7 +707,9 @@ impl Engine {
         let committed = Instant::now();
         let started = self
             .store
-            .start_attempts(&s.owner, now, starts, move || client.new_tid().to_string())
+            .start_attempts(&s.owner, now, starts, &s.upcoming_lead, move || {
+                client.new_tid().to_string()
+            })
             .await?;
         let mut in_flight = Vec::with_capacity(started.len());
         for (i, charge_id, tid) in started {
@@ -1205,7 +1248,7 @@ impl Engine {
                 .count();
             let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(o, _)| o).collect();
             self.store
-                .record_outcomes(self.clock.now(), outcomes)
+                .record_outcomes(self.clock.now(), outcomes, &self.settings.upcoming_lead)
                 .await?;
             // Counted once the outcomes are in the database.
             counted.add_to(&self.stats);
@@ -1724,6 +1767,7 @@ async fn write_outcomes(
     store: Store,
     clock: SharedClock,
     stats: Arc<Stats>,
+    leads: NoticeLeads,
     before_write: Option<Arc<dyn Fn() + Send + Sync>>,
     mut rx: mpsc::Receiver<(Outcome, Settledness)>,
 ) -> PassReport {
@@ -1744,7 +1788,7 @@ async fn write_outcomes(
         if let Some(hook) = &before_write {
             hook();
         }
-        match store.record_outcomes(clock.now(), outcomes).await {
+        match store.record_outcomes(clock.now(), outcomes, &leads).await {
             // Counted once committed.
             Ok(_) => {
                 counted.add_to(&stats);

@@ -316,3 +316,82 @@ mod tests {
         assert_eq!(unresolved, ChargeState::UNRESOLVED);
     }
 }
+
+/// `[webhook] upcoming_lead`: how long before a cycle comes due its `charge.upcoming` notices
+/// go out, in whole seconds, longest first, each once. One notice per (cycle, lead): the
+/// storage keeps, per subscription, the shortest lead already told for its cycle, so the leads
+/// still to tell are those shorter than it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NoticeLeads(Vec<i64>);
+
+impl NoticeLeads {
+    /// Sorted longest first; repeats and sub-second parts dropped.
+    pub fn new(leads: impl IntoIterator<Item = std::time::Duration>) -> Self {
+        let mut secs: Vec<i64> = leads
+            .into_iter()
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .filter(|s| *s > 0)
+            .collect();
+        secs.sort_unstable_by(|a, b| b.cmp(a));
+        secs.dedup();
+        Self(secs)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every lead, in seconds, longest first.
+    pub fn secs(&self) -> &[i64] {
+        &self.0
+    }
+
+    pub fn shortest(&self) -> Option<i64> {
+        self.0.last().copied()
+    }
+
+    /// The leads still to tell when `told` (seconds) is the shortest already told for the
+    /// cycle (`None`: none yet), longest first.
+    pub fn after(&self, told: Option<i64>) -> impl Iterator<Item = i64> + '_ {
+        self.0
+            .iter()
+            .copied()
+            .filter(move |l| told.is_none_or(|t| *l < t))
+    }
+
+    /// `30d`, `7d`, `36h`, `90m`, `45s`: the largest unit that divides the lead, as the
+    /// configuration writes it (the `lead` of a notice, and part of its dedupe key).
+    pub fn label(secs: i64) -> String {
+        for (unit, name) in [(86_400, "d"), (3_600, "h"), (60, "m")] {
+            if secs % unit == 0 {
+                return format!("{}{name}", secs / unit);
+            }
+        }
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod notice_lead_tests {
+    use super::NoticeLeads;
+    use std::time::Duration;
+
+    #[test]
+    fn leads_are_longest_first_once_and_told_in_order() {
+        let d = |s| Duration::from_secs(s);
+        let leads = NoticeLeads::new([d(7 * 86_400), d(30 * 86_400), d(7 * 86_400), d(3_600)]);
+        assert_eq!(leads.secs(), &[30 * 86_400, 7 * 86_400, 3_600]);
+        assert_eq!(leads.shortest(), Some(3_600));
+        assert_eq!(leads.after(None).count(), 3);
+        assert_eq!(
+            leads.after(Some(30 * 86_400)).collect::<Vec<_>>(),
+            vec![7 * 86_400, 3_600]
+        );
+        assert_eq!(leads.after(Some(3_600)).count(), 0);
+        assert_eq!(NoticeLeads::label(30 * 86_400), "30d");
+        assert_eq!(NoticeLeads::label(36 * 3_600), "36h");
+        assert_eq!(NoticeLeads::label(90 * 60), "90m");
+        assert_eq!(NoticeLeads::label(45), "45s");
+        assert!(NoticeLeads::new([Duration::from_millis(10)]).is_empty());
+    }
+}

@@ -18,6 +18,7 @@ pub(super) const ROWS_PER_STATEMENT: usize = 500;
 /// A bound value.
 enum Value {
     I64(i64),
+    OptI64(Option<i64>),
     I32(i32),
     Text(Option<String>),
     Ts(Option<NaiveDateTime>),
@@ -26,7 +27,7 @@ enum Value {
 impl Value {
     fn pg_type(&self) -> &'static str {
         match self {
-            Value::I64(_) => "bigint",
+            Value::I64(_) | Value::OptI64(_) => "bigint",
             Value::I32(_) => "integer",
             Value::Text(_) => "text",
             Value::Ts(_) => "timestamp",
@@ -86,6 +87,7 @@ impl Sql {
                 for v in self.values {
                     q = match v {
                         Value::I64(x) => q.bind::<BigInt, _>(x),
+                        Value::OptI64(x) => q.bind::<Nullable<BigInt>, _>(x),
                         Value::I32(x) => q.bind::<Integer, _>(x),
                         Value::Text(x) => q.bind::<Nullable<Text>, _>(x),
                         Value::Ts(x) => q.bind::<Nullable<Timestamp>, _>(x),
@@ -283,16 +285,24 @@ pub(super) fn advance_subscriptions(
     c: &mut AnyConnection,
     now: NaiveDateTime,
     rows: &[(i64, i32, &super::Bookkeeping)],
+    longest_lead: Option<i64>,
 ) -> Result<HashSet<i64>, StoreError> {
     if rows.is_empty() {
         return Ok(HashSet::new());
     }
     let mut sql = Sql::new(c);
-    sql.push("WITH v(id, on_cycle, next_cycle, next_charge_at, attempts, declines) AS (VALUES ");
+    sql.push(
+        "WITH v(id, on_cycle, next_cycle, next_charge_at, attempts, declines, notice_at) \
+         AS (VALUES ",
+    );
     for (i, (id, on_cycle, b)) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
         }
+        let notice_at = match (longest_lead, b.next_charge_at) {
+            (Some(lead), Some(due)) => Some((due - chrono::Duration::seconds(lead)).naive_utc()),
+            _ => None,
+        };
         sql.row(vec![
             Value::I64(*id),
             Value::I32(*on_cycle),
@@ -300,19 +310,62 @@ pub(super) fn advance_subscriptions(
             Value::Ts(b.next_charge_at.map(|t| t.naive_utc())),
             Value::I32(b.cycle_attempts as i32),
             Value::I32(b.cycle_declines as i32),
+            Value::Ts(notice_at),
         ]);
     }
     sql.push(
         ") UPDATE billing_state SET next_cycle = v.next_cycle, \
          next_charge_at = v.next_charge_at, cycle_attempts = v.attempts, \
          cycle_declines = v.declines, claimed_by = NULL, \
-         claimed_until = NULL, updated_at = ",
-    )
-    .param(Value::Ts(Some(now)))
-    .push(
+         claimed_until = NULL, ",
+    );
+    if longest_lead.is_some() {
+        // The upcoming-notice plan, made here rather than by the next pass's scan (one write
+        // per charge, not two): a new cycle's first notice is due its longest lead before it;
+        // a cycle that stays (a decline) has begun, and is told nothing more. The right-hand
+        // sides read the row as it was before this update.
+        sql.push(
+            "notice_cycle = v.next_cycle, notice_due = v.next_charge_at, \
+             notice_lead = CASE WHEN billing_state.notice_cycle = v.next_cycle \
+                           THEN billing_state.notice_lead END, \
+             notice_at = CASE WHEN billing_state.next_cycle = v.next_cycle THEN NULL \
+                         ELSE v.notice_at END, ",
+        );
+    }
+    sql.push("updated_at = ").param(Value::Ts(Some(now))).push(
         " FROM v WHERE billing_state.subscription_id = v.id \
-         AND billing_state.next_cycle = v.on_cycle \
-         RETURNING billing_state.subscription_id AS id, NULL AS tid",
+             AND billing_state.next_cycle = v.on_cycle \
+             RETURNING billing_state.subscription_id AS id, NULL AS tid",
     );
     Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
+}
+
+/// New notice plans `(subscription, shortest lead told, next notice at)`: each made for the
+/// row's cycle and due time as they stand (copied in SQL, so that the stale-plan index's
+/// comparison is of identical values). The caller holds the rows (PostgreSQL: locked).
+pub(super) fn set_notice_plans(
+    c: &mut AnyConnection,
+    rows: &[(i64, Option<i64>, Option<NaiveDateTime>)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        if chunk.is_empty() {
+            continue;
+        }
+        let mut sql = Sql::new(c);
+        sql.push("WITH v(id, lead, at) AS (VALUES ");
+        for (i, (id, lead, at)) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.row(vec![Value::I64(*id), Value::OptI64(*lead), Value::Ts(*at)]);
+        }
+        sql.push(
+            ") UPDATE billing_state SET notice_cycle = billing_state.next_cycle, \
+             notice_due = billing_state.next_charge_at, notice_lead = v.lead, notice_at = v.at \
+             FROM v WHERE billing_state.subscription_id = v.id \
+             RETURNING billing_state.subscription_id AS id, NULL AS tid",
+        );
+        sql.load_ids(c)?;
+    }
+    Ok(())
 }

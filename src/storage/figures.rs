@@ -248,16 +248,17 @@ impl Store {
                     diesel::sql_query(sql).bind::<Timestamp, _>(due_at).execute(c)?
                 }
             };
-            // nicebill's state as a first pass would leave it: cycle 1 due at the anchor.
+            // nicebill's state as passes would leave it: cycle 1 due at the anchor, its
+            // upcoming notices told (the smallest lead allowed is a minute: none is left).
             let anchor = match c {
                 AnyConnection::Sqlite(_) => "s.anchor_at",
                 AnyConnection::Postgres(_) => "(s.anchor_at AT TIME ZONE 'UTC')",
             };
             let sql = format!(
                 "INSERT INTO billing_state (subscription_id, status, seen_status, seen_bid, \
-                 next_cycle, next_charge_at, updated_at) \
-                 SELECT s.id, '{active}', s.status, s.bid, 1, {anchor}, {anchor} FROM subscriptions s \
-                 WHERE s.external_id LIKE 'bench-%'"
+                 next_cycle, next_charge_at, updated_at, notice_cycle, notice_due, notice_lead) \
+                 SELECT s.id, '{active}', s.status, s.bid, 1, {anchor}, {anchor}, 1, {anchor}, 60 \
+                 FROM subscriptions s WHERE s.external_id LIKE 'bench-%'"
             );
             match c {
                 AnyConnection::Sqlite(c) => diesel::sql_query(sql).execute(c)?,

@@ -16,6 +16,7 @@ mod notice;
 pub mod outbox;
 pub mod recording;
 pub mod schema;
+pub mod upcoming;
 
 pub use claims::Claimed;
 pub use figures::HealthFigures;

@@ -16,7 +16,7 @@ use super::models::ChargeRow;
 use super::schema::{charges, webhook_outbox};
 use super::{AnyConnection, Event, StoreError, bid_suffix};
 use crate::billing::model::{
-    ChargeId, ChargeState, DeliveryState, EventKind, SubscriptionId, WebhookKind,
+    ChargeId, ChargeState, DeliveryState, EventKind, NoticeLeads, SubscriptionId, WebhookKind,
 };
 
 /// One webhook to write.
@@ -257,6 +257,71 @@ pub(super) fn for_events(
         });
     }
     enqueue(c, now, items)
+}
+
+/// `charge.upcoming`: cycle `cycle` of subscription `id` comes due at `due`, `lead` seconds
+/// ahead (told once per cycle and lead: the dedupe key). `previous` is the last approved
+/// amount; the amount counts as changed when there is none (a first paid cycle, or a free
+/// period turning paid).
+pub(super) fn upcoming_item(
+    id: SubscriptionId,
+    cycle: i32,
+    due: DateTime<Utc>,
+    amount: i64,
+    previous: Option<i64>,
+    lead: i64,
+) -> Item {
+    let mut data = Map::new();
+    data.insert("cycle".into(), json!(cycle));
+    data.insert("due_at".into(), json!(rfc3339(due)));
+    data.insert("amount".into(), json!(amount));
+    data.insert("previous_amount".into(), json!(previous));
+    data.insert("amount_changed".into(), json!(previous != Some(amount)));
+    data.insert("lead".into(), json!(NoticeLeads::label(lead)));
+    Item {
+        kind: WebhookKind::ChargeUpcoming,
+        subscription_id: Some(id),
+        dedupe_key: Some(format!("upcoming:{}:{cycle}:{lead}", id.0)),
+        data,
+    }
+}
+
+/// The last approved amount of each of the given subscriptions that has one.
+pub(super) fn last_approved_amounts(
+    c: &mut AnyConnection,
+    ids: &[i64],
+) -> Result<HashMap<i64, i64>, StoreError> {
+    #[derive(QueryableByName)]
+    struct Last {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        amount: i64,
+    }
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(super::MAX_IDS_PER_STATEMENT) {
+        if chunk.is_empty() {
+            continue;
+        }
+        // Ids are integers: they stand in the SQL text safely.
+        let list = chunk
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT ch.subscription_id AS id, ch.amount AS amount FROM charges ch \
+             WHERE ch.subscription_id IN ({list}) AND ch.state = 'approved' \
+             AND ch.cycle = (SELECT MAX(c2.cycle) FROM charges c2 \
+               WHERE c2.subscription_id = ch.subscription_id AND c2.state = 'approved')"
+        );
+        let rows: Vec<Last> = match c {
+            AnyConnection::Sqlite(c) => diesel::sql_query(sql).load(c)?,
+            AnyConnection::Postgres(c) => diesel::sql_query(sql).load(c)?,
+        };
+        out.extend(rows.into_iter().map(|r| (r.id, r.amount)));
+    }
+    Ok(out)
 }
 
 /// `billkey.removed` for subscription `id`: only the billkey's last four characters.

@@ -3,19 +3,22 @@
 //! it safe to run twice or from two instances; the ledger's rules themselves are the
 //! database's (`charges_one_live_attempt_per_cycle`, `charges_one_unresolved_per_subscription`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use super::models::{ChargeRow, NewCharge};
 use super::schema::{billing_state, billkey_removals, charges};
+use super::upcoming::{self, AttemptNotice};
 use super::{
     AnyConnection, Bookkeeping, Event, Outcome, Reschedule, StartAttempt, Store, StoreError,
     insert_events, naive, queue_removal,
 };
 use super::{batch, merchant, outbox};
-use crate::billing::model::{ChargeId, ChargeState, EventKind, SubscriptionId, SubscriptionStatus};
+use crate::billing::model::{
+    ChargeId, ChargeState, EventKind, NoticeLeads, SubscriptionId, SubscriptionStatus,
+};
 use crate::schedule::Cycle;
 
 /// An attempt the database accepted: its index in the request, charge id and TID.
@@ -65,28 +68,39 @@ impl Store {
         owner: &str,
         now: DateTime<Utc>,
         attempts: Vec<StartAttempt>,
+        leads: &NoticeLeads,
         new_tid: impl Fn() -> String + Send + Sync + 'static,
     ) -> Result<Vec<Started>, StoreError> {
         let owner = owner.to_owned();
+        let leads = leads.clone();
         let now = naive(now);
         self.write(move |c| {
             // Which subscriptions this owner still holds, active (and, on PostgreSQL, locked
             // until commit).
             let ids: Vec<i64> = attempts.iter().map(|a| a.subscription_id.0).collect();
             let mut held: HashSet<i64> = HashSet::new();
+            // Each held row's notice plan: its cycle and the shortest lead told.
+            let mut plans: HashMap<i64, (Option<i32>, Option<i64>)> = HashMap::new();
             for chunk in ids.chunks(super::MAX_IDS_PER_STATEMENT) {
                 let q = || {
                     billing_state::table
                         .filter(billing_state::subscription_id.eq_any(chunk))
                         .filter(billing_state::claimed_by.eq(&owner))
                         .filter(billing_state::status.eq(SubscriptionStatus::Active.as_str()))
-                        .select(billing_state::subscription_id)
+                        .select((
+                            billing_state::subscription_id,
+                            billing_state::notice_cycle,
+                            billing_state::notice_lead,
+                        ))
                 };
-                let rows: Vec<i64> = match &mut *c {
+                let rows: Vec<(i64, Option<i32>, Option<i64>)> = match &mut *c {
                     AnyConnection::Postgres(pg) => q().for_update().load(pg)?,
                     AnyConnection::Sqlite(lite) => q().load(lite)?,
                 };
-                held.extend(rows);
+                for (id, cycle, lead) in rows {
+                    held.insert(id);
+                    plans.insert(id, (cycle, lead));
+                }
             }
             // An attempt goes out with the billkey the merchant's row names now: a new card
             // saved since the attempt was planned may already have had the old billkey removed
@@ -178,6 +192,25 @@ impl Store {
                 })
                 .collect();
             batch::start_bookkeeping(c, &owner, now, &rows)?;
+            // A cycle's first attempt tells whatever upcoming notice of it is still untold.
+            let firsts: Vec<AttemptNotice> = started
+                .iter()
+                .map(|(i, _, _)| &attempts[*i])
+                .filter(|a| a.attempt == 1)
+                .map(|a| {
+                    let (notice_cycle, notice_lead) =
+                        plans.get(&a.subscription_id.0).copied().unwrap_or_default();
+                    AttemptNotice {
+                        id: a.subscription_id,
+                        cycle: a.cycle.column(),
+                        due: a.due_at,
+                        amount: a.amount,
+                        notice_cycle,
+                        notice_lead,
+                    }
+                })
+                .collect();
+            upcoming::tell_at_attempt(c, now, &leads, &firsts)?;
             for i in refused {
                 let a = &attempts[i];
                 refuse(c, a, now)?;
@@ -228,13 +261,17 @@ impl Store {
     /// Records outcomes in one transaction. An outcome counts only while its charge is still
     /// unresolved (`pending`/`unknown`); the subscription moves on only with a settled charge,
     /// and only while it is still on that charge's cycle. A pause or cancellation noticed
-    /// meanwhile is never touched. Returns how many outcomes were applied.
+    /// meanwhile is never touched. A subscription moved on to a new cycle gets that cycle's
+    /// upcoming-notice plan in the same statement (`leads`; see `storage::upcoming`). Returns
+    /// how many outcomes were applied.
     pub async fn record_outcomes(
         &self,
         now: DateTime<Utc>,
         outcomes: Vec<Outcome>,
+        leads: &NoticeLeads,
     ) -> Result<usize, StoreError> {
         let now = naive(now);
+        let longest = leads.secs().first().copied();
         let mut outcomes = outcomes;
         for o in &mut outcomes {
             if let Some(e) = &mut o.result.error {
@@ -269,7 +306,7 @@ impl Store {
                 .collect();
             let mut advanced = HashSet::new();
             for chunk in advancing.chunks(batch::ROWS_PER_STATEMENT) {
-                advanced.extend(batch::advance_subscriptions(c, now, chunk)?);
+                advanced.extend(batch::advance_subscriptions(c, now, chunk, longest)?);
             }
             let mut evs = Vec::new();
             for o in &mine {

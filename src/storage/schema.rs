@@ -45,6 +45,10 @@ diesel::table! {
         claimed_by -> Nullable<Text>,
         claimed_until -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        notice_cycle -> Nullable<Integer>,
+        notice_due -> Nullable<Timestamp>,
+        notice_lead -> Nullable<BigInt>,
+        notice_at -> Nullable<Timestamp>,
     }
 }
 

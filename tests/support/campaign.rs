@@ -292,9 +292,26 @@ pub async fn wait_approved(label: &str, store: &Store, n: usize, patience: Durat
             return;
         }
         if Instant::now() >= deadline {
+            use nicebill::storage::schema::charges;
             let unresolved = store.unresolved().await.unwrap();
+            // Every attempt that is not an approval, with what it came to.
+            let others: Vec<(i64, String, Option<String>, Option<String>)> = store
+                .run(|c| {
+                    Ok(charges::table
+                        .filter(charges::state.ne("approved"))
+                        .select((
+                            charges::subscription_id,
+                            charges::state,
+                            charges::result_code,
+                            charges::error,
+                        ))
+                        .load(c)?)
+                })
+                .await
+                .unwrap();
             panic!(
-                "{label}: only {approved} of {n} charged after {patience:?}; unresolved: {:?}",
+                "{label}: only {approved} of {n} charged after {patience:?}; unresolved: {:?}; \
+                 other attempts: {others:?}",
                 unresolved.iter().take(10).collect::<Vec<_>>()
             );
         }
