@@ -136,6 +136,8 @@ struct Receiver {
     answers_for: Arc<Mutex<Vec<(i64, u16)>>>,
     /// How long to wait before answering the next requests.
     delays: Arc<Mutex<VecDeque<Duration>>>,
+    /// Requests that arrived (counted before any delay, whether answered or not).
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -174,6 +176,9 @@ impl Receiver {
                             );
                             let json_type = header("content-type");
                             let body = req.into_body().collect().await.unwrap().to_bytes();
+                            state
+                                .arrived
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let delay = state.delays.lock().unwrap().pop_front();
                             if let Some(delay) = delay {
                                 tokio::time::sleep(delay).await;
@@ -218,6 +223,10 @@ impl Receiver {
 
     fn got(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn delivered(&self) -> Vec<Received> {
@@ -957,8 +966,9 @@ async fn three_instances_deliver_each_event_once() {
 // ---- the daemon: SIGKILLed between the changes and their delivery ----
 
 /// The daemon charges while the receiver is down and is SIGKILLed; the events wait in the
-/// outbox. Restarted with the receiver up, it delivers every one, signed; the health file
-/// shows the outbox meanwhile.
+/// outbox (the health file shows them). Restarted with the receiver up but slow, it is
+/// SIGKILLed again with a delivery in flight; a third run delivers every event, signed, what
+/// was cut again under the same id and body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_before_a_sigkill_are_delivered_after_the_restart() {
     for db in databases("webhooks_daemon").await {
@@ -1018,7 +1028,7 @@ file = "{health}"
 [webhook]
 url = "http://{addr}/hooks"
 secret_file = "{secret}"
-timeout = "1s"
+timeout = "5s"
 retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]
 "#,
                 key = key.display(),
@@ -1068,26 +1078,58 @@ retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s",
         first.0.kill().unwrap();
         let _ = first.0.wait();
 
+        // The receiver comes up, answering its first requests slowly; the second daemon is
+        // SIGKILLed while a delivery is in flight.
         let receiver = Receiver::start_on(&addr.to_string()).await;
-        let _second = Killed(
-            support::process::bin("warn")
-                .args(["run", "--config"])
-                .arg(&config)
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while receiver.delivered().len() < 2 * N {
+        receiver.delay_next(&[Duration::from_secs(2); 3]);
+        let run = || {
+            Killed(
+                support::process::bin("warn")
+                    .args(["run", "--config"])
+                    .arg(&config)
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        let mut second = run();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while receiver.arrived() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: nothing sent"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        second.0.kill().unwrap();
+        let _ = second.0.wait();
+        let cut = receiver.arrived();
+
+        // A third delivers everything: what was cut again, under the same id and body.
+        let _third = run();
+        let distinct = |got: &[Received]| {
+            let mut seen = std::collections::HashSet::new();
+            got.iter()
+                .filter(|r| seen.insert(r.id.clone()))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while distinct(&receiver.delivered()).len() < 2 * N {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{label}: {} of {} delivered",
-                receiver.delivered().len(),
+                distinct(&receiver.delivered()).len(),
                 2 * N
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let got = receiver.delivered();
-        assert!(got.iter().all(|r| r.verified), "{label}: {got:#?}");
+        let all = receiver.got();
+        assert!(all.iter().all(|r| r.verified), "{label}: {all:#?}");
+        for r in &all {
+            let first = all.iter().find(|o| o.id == r.id).unwrap();
+            assert_eq!(r.body, first.body, "{label}: a redelivery changed its body");
+        }
+        let got = distinct(&receiver.delivered());
         for id in &ids {
             assert_eq!(
                 types_of(&got, *id),
@@ -1095,6 +1137,11 @@ retry_after = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s",
                 "{label}"
             );
         }
+        eprintln!(
+            "{label}: {cut} request(s) in flight at the SIGKILL; {} requests for {} events",
+            all.len(),
+            got.len()
+        );
         // Each delivery is recorded right after its answer.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
