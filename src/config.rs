@@ -50,6 +50,9 @@ struct RawNicepay {
     charset: Option<String>,
     #[serde(default)]
     edi_type: Option<String>,
+    /// Requests per second each instance sends at most (default: no limit).
+    #[serde(default)]
+    max_requests_per_second: Option<u32>,
 }
 
 fn default_base_url() -> String {
@@ -362,6 +365,21 @@ impl Config {
                 )
             })?;
         }
+        if let Some(rate) = n.max_requests_per_second {
+            settings.max_requests_per_second = Some(
+                std::num::NonZeroU32::new(rate)
+                    .filter(|r| r.get() <= MAX_REQUESTS_PER_SECOND)
+                    .ok_or_else(|| {
+                        invalid(
+                            "nicepay.max_requests_per_second",
+                            format!(
+                                "{rate} is out of range (allowed: 1 to {MAX_REQUESTS_PER_SECOND}; \
+                                 leave it out for no limit)"
+                            ),
+                        )
+                    })?,
+            );
+        }
         let database = database(&raw.database).map_err(|(k, p)| invalid(k, p))?;
         let (scheduler, policy) =
             scheduling(&raw.scheduler, &raw.retry).map_err(|(k, p)| invalid(k, p))?;
@@ -507,6 +525,8 @@ const UPCOMING_LEAD: Range = range("webhook.upcoming_lead", MINUTE, DAY.saturati
 const MAX_UPCOMING_LEAD: usize = 10;
 /// At most this many dunning waits (declined tries of one cycle).
 const MAX_RETRY_AFTER: usize = 100;
+/// `nicepay.max_requests_per_second` at most (far above what one instance sends).
+const MAX_REQUESTS_PER_SECOND: u32 = 100_000;
 
 const fn range(key: &'static str, min: Duration, max: Duration) -> Range {
     Range { key, min, max }
@@ -1390,6 +1410,28 @@ mod tests {
         assert!(secrets.iter().any(|s| s == password), "{secrets:?}");
         assert!(secrets.iter().any(|s| s == decoded), "{secrets:?}");
         assert!(secrets_in(&cases[0]).iter().any(|s| s == KEY));
+    }
+
+    #[test]
+    fn max_requests_per_second() {
+        let head = "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_env = \"NB_KEY\"\n";
+        let env = |v: &str| (v == "NB_KEY").then(|| KEY.to_owned());
+        let parse_env = |text: &str| Config::parse(Path::new("test.toml"), text, env, Vec::new());
+        assert_eq!(
+            parse_env(head).unwrap().nicepay.max_requests_per_second,
+            None
+        );
+        let c = parse_env(&format!("{head}max_requests_per_second = 50\n")).unwrap();
+        assert_eq!(c.nicepay.max_requests_per_second.map(|n| n.get()), Some(50));
+        for bad in ["0", "100001"] {
+            let err = parse_env(&format!("{head}max_requests_per_second = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("nicepay.max_requests_per_second: ") && err.contains("out of range"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

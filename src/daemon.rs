@@ -400,6 +400,7 @@ struct HealthWriter {
     stale_after_secs: u64,
     delivering_webhooks: bool,
     webhook_max_age_secs: u64,
+    max_requests_per_second: Option<u32>,
 }
 
 impl HealthWriter {
@@ -424,6 +425,7 @@ impl HealthWriter {
             stale_after_secs: (interval.as_secs() * 3).max(120),
             delivering_webhooks: config.webhook.url.is_some(),
             webhook_max_age_secs: config.health.webhook_max_age.as_secs(),
+            max_requests_per_second: config.nicepay.max_requests_per_second.map(|n| n.get()),
         }
     }
 
@@ -453,6 +455,7 @@ impl HealthWriter {
                 .oldest_pending_at
                 .map(|t| (now - t).num_seconds().max(0) as u64),
             dead: u64::try_from(outbox.dead).unwrap_or(0),
+            max_age_secs: self.webhook_max_age_secs,
         };
         let observation = Observation {
             webhooks: webhooks.clone(),
@@ -466,6 +469,7 @@ impl HealthWriter {
             task_panics: stats.task_panics.load(Ordering::Relaxed),
         };
         let (status, reason) = health::assess(&observation);
+        let concurrency = engine.concurrency();
         let last_success = stats.gateway_last_success.load(Ordering::Relaxed);
         let report = Health {
             status,
@@ -485,6 +489,11 @@ impl HealthWriter {
                 last_success_at: (last_success > 0)
                     .then(|| DateTime::from_timestamp(last_success, 0))
                     .flatten(),
+                concurrency_limit: concurrency.limit as u64,
+                concurrency_ceiling: concurrency.ceiling as u64,
+                concurrency_cuts: concurrency.cuts,
+                throttled: stats.throttled.load(Ordering::Relaxed),
+                max_requests_per_second: self.max_requests_per_second,
             },
             due_backlog,
             in_flight,

@@ -68,10 +68,26 @@ pub struct Database {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gateway {
     pub consecutive_failures: u64,
     pub last_success_at: Option<DateTime<Utc>>,
+    /// Approvals in flight at once now: `[scheduler] concurrency`, halved on each overload
+    /// signal and grown back by one per round of answers.
+    #[serde(default)]
+    pub concurrency_limit: u64,
+    /// `[scheduler] concurrency`.
+    #[serde(default)]
+    pub concurrency_ceiling: u64,
+    /// Times the limit was cut since start.
+    #[serde(default)]
+    pub concurrency_cuts: u64,
+    /// Approvals answered with an overload signal (V003, A246, HTTP 429/503) since start.
+    #[serde(default)]
+    pub throttled: u64,
+    /// `[nicepay] max_requests_per_second` (`null`: no limit).
+    #[serde(default)]
+    pub max_requests_per_second: Option<u32>,
 }
 
 /// The health file's content.
@@ -112,6 +128,9 @@ pub struct Webhooks {
     pub oldest_undelivered_age_secs: Option<u64>,
     /// Events every try failed for (`nicebill webhooks retry --dead`).
     pub dead: u64,
+    /// `[health] webhook_max_age`: degraded when the oldest undelivered event is older.
+    #[serde(default)]
+    pub max_age_secs: u64,
 }
 
 /// Thresholds that turn figures into a status.
@@ -266,6 +285,42 @@ pub fn prometheus(h: &Health) -> String {
         h.gateway.consecutive_failures.to_string(),
     );
     metric(
+        "stale_after_seconds",
+        "The file is stale when the last pass is older than this.",
+        "gauge",
+        h.stale_after_secs.to_string(),
+    );
+    metric(
+        "concurrency_limit",
+        "Approvals in flight at once now (cut on NICEPAY's overload signals).",
+        "gauge",
+        h.gateway.concurrency_limit.to_string(),
+    );
+    metric(
+        "concurrency_ceiling",
+        "[scheduler] concurrency.",
+        "gauge",
+        h.gateway.concurrency_ceiling.to_string(),
+    );
+    metric(
+        "concurrency_cuts_total",
+        "Times the concurrency limit was halved since start.",
+        "counter",
+        h.gateway.concurrency_cuts.to_string(),
+    );
+    metric(
+        "gateway_throttled_total",
+        "Approvals NICEPAY answered with an overload signal since start.",
+        "counter",
+        h.gateway.throttled.to_string(),
+    );
+    metric(
+        "max_requests_per_second",
+        "[nicepay] max_requests_per_second (0: no limit).",
+        "gauge",
+        h.gateway.max_requests_per_second.unwrap_or(0).to_string(),
+    );
+    metric(
         "due_backlog",
         "Active subscriptions due and not yet charged.",
         "gauge",
@@ -297,6 +352,18 @@ pub fn prometheus(h: &Health) -> String {
             .oldest_undelivered_age_secs
             .unwrap_or(0)
             .to_string(),
+    );
+    metric(
+        "webhook_delivering",
+        "1 when a [webhook] url is set (without one, events wait for pollers).",
+        "gauge",
+        u8::from(h.webhooks.delivering).to_string(),
+    );
+    metric(
+        "webhook_max_age_seconds",
+        "[health] webhook_max_age.",
+        "gauge",
+        h.webhooks.max_age_secs.to_string(),
     );
     metric(
         "webhook_dead",
@@ -399,10 +466,7 @@ mod tests {
                 ok: true,
                 error: None,
             },
-            gateway: Gateway {
-                consecutive_failures: 0,
-                last_success_at: None,
-            },
+            gateway: Gateway::default(),
             due_backlog: 0,
             in_flight: 0,
             oldest_unresolved_age_secs: None,
@@ -430,6 +494,7 @@ mod tests {
             backlog,
             oldest_undelivered_age_secs: age,
             dead,
+            max_age_secs: 3600,
         };
         let cases = [
             (base.clone(), Status::Ok),

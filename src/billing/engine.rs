@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
+use super::aimd::{Aimd, AimdFigures};
 use super::model::{
     ChargeId, ChargeState, EventKind, MerchantRow, NoticeLeads, SubscriptionId, SubscriptionStatus,
 };
@@ -193,6 +194,8 @@ pub struct Stats {
     pub gateway_last_success: std::sync::atomic::AtomicI64,
     /// Tasks of a pass (senders, the outcome writer, lookups) that panicked.
     pub task_panics: AtomicU64,
+    /// Approvals NICEPAY answered with an overload signal (V003, A246, HTTP 429/503, …).
+    pub throttled: AtomicU64,
 }
 
 /// What one pass did.
@@ -248,6 +251,8 @@ pub struct Engine {
     stats: Arc<Stats>,
     stopping: Arc<AtomicBool>,
     throttled_until: Arc<Mutex<Option<Instant>>>,
+    /// Approvals in flight at once: `concurrency`, cut when NICEPAY signals overload.
+    aimd: Aimd,
 }
 
 /// One attempt on its way: what is needed to send it and to settle it.
@@ -277,11 +282,17 @@ impl Engine {
             store,
             client,
             clock,
-            settings: Arc::new(settings),
             stats: Arc::new(Stats::default()),
             stopping: Arc::new(AtomicBool::new(false)),
             throttled_until: Arc::new(Mutex::new(None)),
+            aimd: Aimd::new(settings.concurrency),
+            settings: Arc::new(settings),
         }
+    }
+
+    /// The adaptive concurrency limit (health and metrics).
+    pub fn concurrency(&self) -> AimdFigures {
+        self.aimd.figures()
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -383,7 +394,7 @@ impl Engine {
             return Ok(ChargeNow::Nothing(report));
         };
         let (tid, moid, cycle) = (attempt.tid.clone(), attempt.moid.clone(), attempt.cycle);
-        let (outcome, settledness) = self.send(attempt).await;
+        let (outcome, settledness) = self.send(attempt, self.aimd.epoch()).await;
         let state = outcome.result.state;
         let code = outcome.result.result_code.clone();
         let msg = outcome
@@ -422,7 +433,6 @@ impl Engine {
     async fn charge_due(&self) -> Result<PassReport, EngineError> {
         let s = &self.settings;
         let concurrency = s.concurrency.max(1);
-        let permits = Arc::new(Semaphore::new(concurrency));
         let (out_tx, out_rx) = mpsc::channel::<(Outcome, Settledness)>(concurrency * 4);
         let writer = tokio::spawn(write_outcomes(
             self.store.clone(),
@@ -498,18 +508,15 @@ impl Engine {
             let mut tasks = JoinSet::new();
             let mut panics = Panics::default();
             while let Some(attempt) = queue_rx.recv().await {
-                let permit = Arc::clone(&permits)
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
+                let slot = self.aimd.acquire().await;
                 let engine = self.clone();
                 let tx = out_tx.clone();
                 tasks.spawn(async move {
                     if let Some(hook) = &engine.settings.hooks.before_send {
                         hook();
                     }
-                    let outcome = engine.send(attempt).await;
-                    drop(permit);
+                    let outcome = engine.send(attempt, slot.epoch()).await;
+                    drop(slot);
                     // The writer only stops when every sender is gone.
                     let _ = tx.send(outcome).await;
                 });
@@ -731,8 +738,9 @@ impl Engine {
         Ok(in_flight)
     }
 
-    /// Sends one committed attempt and works out its outcome.
-    async fn send(&self, a: InFlight) -> (Outcome, Settledness) {
+    /// Sends one committed attempt and works out its outcome. `epoch` is the concurrency
+    /// limit's when its slot was taken.
+    async fn send(&self, a: InFlight, epoch: u64) -> (Outcome, Settledness) {
         let started = Instant::now();
         self.wait_if_throttled().await;
         // An attempt may be looked up by another instance from `committed_at + settle`; it must
@@ -764,8 +772,10 @@ impl Engine {
         } else {
             let client = &self.client;
             let request = &request;
+            // A wait for the request rate ends with the send window.
+            let send_by = a.committed + send_window;
             retry(self.transient_policy(), || async move {
-                match client.approve(request).await {
+                match client.approve_by(request, Some(send_by)).await {
                     Err(e) if e.class() == Class::NotSent => Err(Attempt::Transient(e)),
                     Err(e) => Err(Attempt::Permanent(e)),
                     Ok(reply) => Ok(reply),
@@ -778,6 +788,14 @@ impl Engine {
             Err(e) => e.class(),
         };
         self.note_gateway(class);
+        match class {
+            Class::Throttled => {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                self.aimd.throttled(epoch);
+            }
+            Class::NotSent | Class::Unknown => {}
+            _ => self.aimd.answered(),
+        }
         let (outcome, settledness) = match Settled::from_class(class) {
             Some(settled) => self.settle(&a, settled, &result),
             None => {

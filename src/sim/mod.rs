@@ -66,6 +66,29 @@ pub struct SimConfig {
     pub seed: u64,
     /// Dates in answers, BIDs, TIDs and the ledger come from here.
     pub clock: SharedClock,
+    /// Refuse API requests above a rate, as NICEPAY does when overloaded.
+    pub throttle: Option<Throttle>,
+}
+
+/// The simulator's own rate limit: at most `per_second` API requests are processed in any
+/// one-second window; the others are refused at once, unprocessed, with `answer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    pub per_second: u32,
+    #[serde(default)]
+    pub answer: ThrottleAnswer,
+}
+
+/// How a throttled request is refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleAnswer {
+    /// An answer with `ResultCode=V003` ("too many requests").
+    #[default]
+    V003,
+    /// HTTP 429 Too Many Requests.
+    Http429,
 }
 
 impl std::fmt::Debug for SimConfig {
@@ -106,6 +129,7 @@ impl SimConfig {
             faults: Vec::new(),
             seed: 0,
             clock: Arc::new(SystemClock),
+            throttle: None,
         }
     }
 
@@ -300,6 +324,11 @@ impl SimHandle {
         self.shared.set_latency(latency);
     }
 
+    /// Refuses API requests above a rate (`None`: no limit), as `POST /_sim/throttle`.
+    pub fn set_throttle(&self, throttle: Option<Throttle>) {
+        self.shared.set_throttle(throttle);
+    }
+
     /// How long a [`FaultMode::HoldBefore`] request is held (at most [`MAX_HOLD`]).
     pub fn set_hold(&self, hold: Duration) {
         self.shared.set_hold(hold.min(MAX_HOLD));
@@ -387,6 +416,22 @@ pub struct SimArgs {
     /// Seed for fault draws and minted identifiers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Refuse API requests above this many per second (any one-second window), unprocessed,
+    /// as NICEPAY does when overloaded.
+    #[arg(long, value_name = "PER_SECOND",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub throttle_above: Option<u32>,
+    /// How a request over `--throttle-above` is refused: `v003` (an answer with
+    /// ResultCode V003) or `http429`.
+    #[arg(long, value_enum, default_value = "v003", requires = "throttle_above")]
+    pub throttle_answer: ThrottleAnswerArg,
+}
+
+/// `--throttle-answer`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ThrottleAnswerArg {
+    V003,
+    Http429,
 }
 
 /// Parses `MODE[:API[:PROBABILITY[:COUNT]]]`.
@@ -463,6 +508,13 @@ pub async fn serve(args: SimArgs, shutdown: impl Future<Output = ()>) -> std::io
     config.hold = Duration::from_millis(args.hold_ms).min(MAX_HOLD);
     config.faults = args.faults;
     config.seed = args.seed;
+    config.throttle = args.throttle_above.map(|per_second| Throttle {
+        per_second,
+        answer: match args.throttle_answer {
+            ThrottleAnswerArg::V003 => ThrottleAnswer::V003,
+            ThrottleAnswerArg::Http429 => ThrottleAnswer::Http429,
+        },
+    });
     let mids: Vec<&str> = config.merchants.iter().map(|(m, _)| m.as_str()).collect();
     tracing::info!(merchants = ?mids, faults = ?config.faults, "simulator configuration");
     let handle = SimHandle::start(config).await?;
@@ -588,6 +640,8 @@ mod tests {
                 faults: vec![],
                 merchants: vec![],
                 seed: 0,
+                throttle_above: None,
+                throttle_answer: ThrottleAnswerArg::V003,
             };
             let err = serve(args, std::future::ready(())).await.unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);

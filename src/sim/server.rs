@@ -6,7 +6,7 @@
 //! and how the answer travels back changes. A dropped connection is made by returning an
 //! error from the service, which makes hyper close the connection without answering.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::state::{LedgerEntry, RemovalEntry, SimState, Tamper};
-use super::{FaultMode, FaultRule, SimConfig};
+use super::{FaultMode, FaultRule, SimConfig, Throttle, ThrottleAnswer};
 use crate::gateway::nicepay::Api;
 
 /// Larger bodies are refused: real requests are a few hundred bytes.
@@ -89,6 +89,7 @@ pub(super) struct Shared {
     latency: Mutex<Duration>,
     hold: Mutex<Duration>,
     counts: Mutex<BTreeMap<String, u64>>,
+    throttle: Mutex<Option<(Throttle, VecDeque<std::time::Instant>)>>,
 }
 
 impl Shared {
@@ -108,7 +109,34 @@ impl Shared {
             latency: Mutex::new(config.latency),
             hold: Mutex::new(config.hold),
             counts: Mutex::new(BTreeMap::new()),
+            throttle: Mutex::new(config.throttle.map(|t| (t, VecDeque::new()))),
         }
+    }
+
+    pub(super) fn set_throttle(&self, throttle: Option<Throttle>) {
+        *lock(&self.throttle) = throttle.map(|t| (t, VecDeque::new()));
+    }
+
+    /// Whether a request arriving now is over the rate (then counted as `throttled`), and
+    /// how it is refused. A request let through takes a place in the window.
+    fn over_rate(&self) -> Option<ThrottleAnswer> {
+        let mut throttle = lock(&self.throttle);
+        let (limit, window) = throttle.as_mut()?;
+        let now = std::time::Instant::now();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            window.pop_front();
+        }
+        if window.len() < limit.per_second as usize {
+            window.push_back(now);
+            return None;
+        }
+        let answer = limit.answer;
+        drop(throttle);
+        *lock(&self.counts).entry("throttled".into()).or_default() += 1;
+        Some(answer)
     }
 
     pub(super) fn ledger(&self) -> Vec<LedgerEntry> {
@@ -240,6 +268,20 @@ async fn respond(
         Ok(body) => body,
         Err(response) => return Ok(response),
     };
+    match shared.over_rate() {
+        None => {}
+        Some(ThrottleAnswer::Http429) => {
+            return Ok(text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n"));
+        }
+        Some(ThrottleAnswer::V003) => {
+            let answer = SimState::too_many_requests(&body);
+            return Ok(response(
+                StatusCode::OK,
+                &answer.content_type(),
+                answer.body().into(),
+            ));
+        }
+    }
     let latency = *lock(&shared.latency);
     if !latency.is_zero() {
         tokio::select! {
@@ -376,6 +418,18 @@ async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Respons
             }
             tracing::info!(rules = ?rules, "simulator fault rules replaced");
             shared.set_faults(rules);
+            ok()
+        }
+        (Method::POST, "throttle") => {
+            let throttle = match read_json::<Option<Throttle>>(req).await {
+                Ok(throttle) => throttle,
+                Err(response) => return response,
+            };
+            if throttle.is_some_and(|t| t.per_second == 0) {
+                return bad_request("per_second must be at least 1 (send null for no limit)");
+            }
+            tracing::info!(?throttle, "simulator rate limit set");
+            shared.set_throttle(throttle);
             ok()
         }
         (Method::POST, "latency") => {

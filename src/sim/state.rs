@@ -385,6 +385,24 @@ impl SimState {
     }
 
     /// Answers one request body posted to `api`.
+    /// NICEPAY's "too many requests" (`V003`) to the request in `body`, in the format it
+    /// asked for: nothing is processed.
+    pub fn too_many_requests(body: &[u8]) -> Answer {
+        let format = form::decode(body)
+            .ok()
+            .map(|fields| Req(fields.into_iter().collect()))
+            .and_then(|req| response_format(&req).ok())
+            .unwrap_or_default();
+        answer(
+            format.0,
+            format.1,
+            Err(refuse(
+                "V003",
+                "요청 과다: 잠시 후 다시 시도하세요 (too many requests)",
+            )),
+        )
+    }
+
     pub fn handle(&mut self, api: Api, body: &[u8], tamper: Tamper) -> Answer {
         if let Some(field) = outside_ks_x_1001(body) {
             let refusal = refuse(

@@ -75,6 +75,8 @@ pub struct ClientSettings {
     pub read_timeout: Duration,
     pub charset: Charset,
     pub edi_type: EdiType,
+    /// Requests per second this client sends at most (`None`: no limit).
+    pub max_requests_per_second: Option<std::num::NonZeroU32>,
 }
 
 impl ClientSettings {
@@ -90,6 +92,7 @@ impl ClientSettings {
             read_timeout: Self::DEFAULT_READ_TIMEOUT,
             charset: Charset::EucKr,
             edi_type: EdiType::Json,
+            max_requests_per_second: None,
         }
     }
 }
@@ -341,6 +344,8 @@ pub struct NicepayClient {
     settings: ClientSettings,
     clock: SharedClock,
     tids: TidGenerator,
+    /// `max_requests_per_second`: a token bucket every call waits on.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl std::fmt::Debug for NicepayClient {
@@ -366,11 +371,19 @@ impl NicepayClient {
             .user_agent(concat!("nicebill/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let tids = TidGenerator::new(settings.mid.clone());
+        // The bucket holds a tenth of a second's requests: in any one second at most 1.1
+        // times the rate goes out.
+        let limiter = settings.max_requests_per_second.map(|n| {
+            let burst =
+                std::num::NonZeroU32::new(n.get() / 10).unwrap_or(std::num::NonZeroU32::MIN);
+            governor::RateLimiter::direct(governor::Quota::per_second(n).allow_burst(burst))
+        });
         Ok(Self {
             http,
             settings,
             clock,
             tids,
+            limiter,
         })
     }
 
@@ -417,7 +430,7 @@ impl NicepayClient {
             )?;
         req.buyer.add_to(&mut form)?;
         let fields = self
-            .post(api, form.finish(), Some(req.moid.as_str()), None)
+            .post(api, form.finish(), Some(req.moid.as_str()), None, None)
             .await?;
         finish(api, fields, |f| {
             Ok(BillkeyIssued {
@@ -434,6 +447,17 @@ impl NicepayClient {
     }
 
     pub async fn approve(&self, req: &ApproveRequest) -> Result<Reply<Approval>, CallError> {
+        self.approve_by(req, None).await
+    }
+
+    /// [`Self::approve`], sent no later than `send_by`: a wait for the request rate
+    /// (`max_requests_per_second`) that would end later gives up with nothing sent
+    /// ([`Class::NotSent`]).
+    pub async fn approve_by(
+        &self,
+        req: &ApproveRequest,
+        send_by: Option<Instant>,
+    ) -> Result<Reply<Approval>, CallError> {
         let api = Api::Approve;
         if req.amount.value() < 1 {
             return Err(FieldError::new("Amt", "must be at least 1 KRW").into());
@@ -476,6 +500,7 @@ impl NicepayClient {
                 form.finish(),
                 Some(req.moid.as_str()),
                 Some(req.tid.as_str()),
+                send_by,
             )
             .await?;
         finish(api, fields, |f| {
@@ -534,7 +559,7 @@ impl NicepayClient {
                 64,
             )?;
         let fields = self
-            .post(api, form.finish(), Some(moid.as_str()), None)
+            .post(api, form.finish(), Some(moid.as_str()), None, None)
             .await?;
         finish(api, fields, |f| {
             Ok(BillkeyRemoved {
@@ -576,6 +601,7 @@ impl NicepayClient {
                 form.finish(),
                 Some(req.moid.as_str()),
                 Some(req.tid.as_str()),
+                None,
             )
             .await?;
         finish(api, fields, |f| {
@@ -635,7 +661,7 @@ impl NicepayClient {
             64,
         )?;
         let fields = self
-            .post(api, form.finish(), None, Some(tid.as_str()))
+            .post(api, form.finish(), None, Some(tid.as_str()), None)
             .await?;
         finish(api, fields, |f| tx_status(tid, f))
     }
@@ -646,7 +672,24 @@ impl NicepayClient {
         body: String,
         moid: Option<&str>,
         tid: Option<&str>,
+        send_by: Option<Instant>,
     ) -> Result<Fields, CallError> {
+        if let Some(limiter) = &self.limiter {
+            let ready = limiter.until_ready();
+            match send_by {
+                None => ready.await,
+                Some(by) => {
+                    if tokio::time::timeout_at(by.into(), ready).await.is_err() {
+                        return Err(CallError::transport(
+                            api,
+                            Transport::ConnectFailed,
+                            "not sent: the request rate limit (max_requests_per_second) left no \
+                             slot before the attempt's send window closed",
+                        ));
+                    }
+                }
+            }
+        }
         let started = Instant::now();
         let url = self.settings.base_url.endpoint(api);
         let result = self.exchange(api, &url, body).await;
