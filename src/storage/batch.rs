@@ -80,6 +80,35 @@ impl Sql {
         self.push(")")
     }
 
+    /// Runs a statement that returns nothing; returns the rows it touched.
+    fn execute(self, c: &mut AnyConnection) -> Result<usize, StoreError> {
+        macro_rules! bind_all {
+            ($q:expr) => {{
+                let mut q = $q;
+                for v in self.values {
+                    q = match v {
+                        Value::I64(x) => q.bind::<BigInt, _>(x),
+                        Value::OptI64(x) => q.bind::<Nullable<BigInt>, _>(x),
+                        Value::I32(x) => q.bind::<Integer, _>(x),
+                        Value::Text(x) => q.bind::<Nullable<Text>, _>(x),
+                        Value::Ts(x) => q.bind::<Nullable<Timestamp>, _>(x),
+                    };
+                }
+                q
+            }};
+        }
+        Ok(match c {
+            AnyConnection::Sqlite(c) => {
+                bind_all!(diesel::sql_query(&self.text).into_boxed::<diesel::sqlite::Sqlite>())
+                    .execute(c)?
+            }
+            AnyConnection::Postgres(c) => {
+                bind_all!(diesel::sql_query(&self.text).into_boxed::<diesel::pg::Pg>())
+                    .execute(c)?
+            }
+        })
+    }
+
     fn load_ids(self, c: &mut AnyConnection) -> Result<Vec<Returned>, StoreError> {
         macro_rules! bind_all {
             ($q:expr) => {{
@@ -366,6 +395,48 @@ pub(super) fn set_notice_plans(
              RETURNING billing_state.subscription_id AS id, NULL AS tid",
         );
         sql.load_ids(c)?;
+    }
+    Ok(())
+}
+
+/// One row of `webhook_outbox` to write.
+pub(super) struct OutboxInsert {
+    pub event_id: String,
+    pub dedupe_key: Option<String>,
+    pub subscription_id: Option<i64>,
+    pub kind: &'static str,
+    pub body: String,
+    pub created_at: NaiveDateTime,
+    pub state: &'static str,
+}
+
+/// Writes outbox rows, a statement per [`ROWS_PER_STATEMENT`]; a row whose `dedupe_key` (or
+/// event id) is taken already is skipped. Each is due at once.
+pub(super) fn insert_outbox(c: &mut AnyConnection, rows: Vec<OutboxInsert>) -> Result<(), StoreError> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut sql = Sql::new(c);
+        sql.push(
+            "INSERT INTO webhook_outbox (event_id, dedupe_key, subscription_id, kind, body, \
+             created_at, state, next_attempt_at) VALUES ",
+        );
+        for (i, r) in rows.by_ref().take(ROWS_PER_STATEMENT).enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.row(vec![
+                Value::Text(Some(r.event_id)),
+                Value::Text(r.dedupe_key),
+                Value::OptI64(r.subscription_id),
+                Value::Text(Some(r.kind.to_owned())),
+                Value::Text(Some(r.body)),
+                Value::Ts(Some(r.created_at)),
+                Value::Text(Some(r.state.to_owned())),
+                Value::Ts(Some(r.created_at)),
+            ]);
+        }
+        sql.push(" ON CONFLICT DO NOTHING");
+        sql.execute(c)?;
     }
     Ok(())
 }

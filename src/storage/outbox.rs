@@ -30,19 +30,6 @@ pub struct Item {
     pub data: Map<String, Value>,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = webhook_outbox)]
-struct NewRow<'a> {
-    event_id: String,
-    dedupe_key: Option<&'a str>,
-    subscription_id: Option<i64>,
-    kind: &'static str,
-    body: String,
-    created_at: NaiveDateTime,
-    state: &'static str,
-    next_attempt_at: NaiveDateTime,
-}
-
 /// A new event id: `msg_` and 26 random letters and digits (never a `.`, which the signed
 /// text uses as its separator).
 pub fn new_event_id() -> String {
@@ -75,6 +62,7 @@ pub(super) fn enqueue(
     ids.sort_unstable();
     ids.dedup();
     let external = merchant::load_external_ids(c, &ids)?;
+    let mut rows = Vec::with_capacity(items.len());
     for item in items {
         let mut data = Map::new();
         if let Some(id) = item.subscription_id {
@@ -91,24 +79,17 @@ pub(super) fn enqueue(
             "data": data,
         })
         .to_string();
-        let row = NewRow {
+        rows.push(super::batch::OutboxInsert {
             event_id: new_event_id(),
-            dedupe_key: item.dedupe_key.as_deref(),
+            dedupe_key: item.dedupe_key,
             subscription_id: item.subscription_id.map(|s| s.0),
             kind: item.kind.as_str(),
             body,
             created_at: now,
             state: DeliveryState::Pending.as_str(),
-            next_attempt_at: now,
-        };
-        let insert = diesel::insert_into(webhook_outbox::table)
-            .values(&row)
-            .on_conflict_do_nothing();
-        match c {
-            AnyConnection::Sqlite(lite) => insert.execute(lite)?,
-            AnyConnection::Postgres(pg) => insert.execute(pg)?,
-        };
+        });
     }
+    super::batch::insert_outbox(c, rows)?;
     Ok(())
 }
 
