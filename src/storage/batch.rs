@@ -11,9 +11,41 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 use super::{AnyConnection, StoreError};
 use crate::storage::models::NewCharge;
 
-/// Rows per multi-row statement: at most 13 parameters a row keeps every statement far below
-/// SQLite's 32,766 and PostgreSQL's 65,535 parameters.
-pub(super) const ROWS_PER_STATEMENT: usize = 500;
+/// Rows in the largest multi-row statement [`shapes`] makes: at most 14 parameters a row
+/// keeps every statement far below SQLite's 32,766 and PostgreSQL's 65,535 parameters.
+const LARGEST_SHAPE: usize = 256;
+
+/// The lengths to split `len` rows into: powers of two, largest first, at most
+/// [`LARGEST_SHAPE`]. A multi-row statement's text depends on its row count; cut this way a
+/// batch's statements come in at most nine shapes, which stay prepared in the connection's
+/// statement cache, instead of a new text (parsed and planned again) for every batch size.
+pub(super) fn shapes(len: usize) -> Vec<usize> {
+    let mut left = len;
+    let mut out = Vec::new();
+    while left > 0 {
+        let size = if left >= LARGEST_SHAPE {
+            LARGEST_SHAPE
+        } else {
+            1 << (usize::BITS - 1 - left.leading_zeros())
+        };
+        out.push(size);
+        left -= size;
+    }
+    out
+}
+
+/// `rows` cut into [`shapes`].
+pub(super) fn shaped<T>(rows: &[T]) -> Vec<&[T]> {
+    let mut rest = rows;
+    shapes(rows.len())
+        .into_iter()
+        .map(|n| {
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            head
+        })
+        .collect()
+}
 
 /// A bound value.
 enum Value {
@@ -157,7 +189,7 @@ pub(super) fn start_bookkeeping(
     rows: &[(i64, i32, NaiveDateTime, i32)],
 ) -> Result<HashSet<i64>, StoreError> {
     let mut done = HashSet::new();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    for chunk in shaped(rows) {
         done.extend(start_bookkeeping_chunk(c, owner, now, chunk)?);
     }
     Ok(done)
@@ -206,7 +238,7 @@ pub(super) fn insert_charges(
     rows: &[NewCharge],
 ) -> Result<HashMap<String, i64>, StoreError> {
     let mut done = HashMap::new();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    for chunk in shaped(rows) {
         done.extend(insert_charges_chunk(c, chunk)?);
     }
     Ok(done)
@@ -376,7 +408,7 @@ pub(super) fn set_notice_plans(
     c: &mut AnyConnection,
     rows: &[(i64, Option<i64>, Option<NaiveDateTime>)],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    for chunk in shaped(rows) {
         if chunk.is_empty() {
             continue;
         }
@@ -410,17 +442,18 @@ pub(super) struct OutboxInsert {
     pub state: &'static str,
 }
 
-/// Writes outbox rows, a statement per [`ROWS_PER_STATEMENT`]; a row whose `dedupe_key` (or
+/// Writes outbox rows, a statement per [`shapes`]; a row whose `dedupe_key` (or
 /// event id) is taken already is skipped. Each is due at once.
 pub(super) fn insert_outbox(c: &mut AnyConnection, rows: Vec<OutboxInsert>) -> Result<(), StoreError> {
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
+    let sizes = shapes(rows.len());
+    let mut rows = rows.into_iter();
+    for size in sizes {
         let mut sql = Sql::new(c);
         sql.push(
             "INSERT INTO webhook_outbox (event_id, dedupe_key, subscription_id, kind, body, \
              created_at, state, next_attempt_at) VALUES ",
         );
-        for (i, r) in rows.by_ref().take(ROWS_PER_STATEMENT).enumerate() {
+        for (i, r) in rows.by_ref().take(size).enumerate() {
             if i > 0 {
                 sql.push(", ");
             }
@@ -439,4 +472,31 @@ pub(super) fn insert_outbox(c: &mut AnyConnection, rows: Vec<OutboxInsert>) -> R
         sql.execute(c)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_few_shapes() {
+        assert_eq!(shapes(0), Vec::<usize>::new());
+        assert_eq!(shapes(1), vec![1]);
+        assert_eq!(shapes(300), vec![256, 32, 8, 4]);
+        assert_eq!(shapes(1024), vec![256; 4]);
+        let rows: Vec<u32> = (0..1000).collect();
+        let mut sizes = std::collections::BTreeSet::new();
+        let mut joined = Vec::new();
+        for n in 0..=1000 {
+            for part in shaped(&rows[..n]) {
+                assert!(part.len().is_power_of_two() && part.len() <= LARGEST_SHAPE);
+                sizes.insert(part.len());
+                if n == 1000 {
+                    joined.extend_from_slice(part);
+                }
+            }
+        }
+        assert_eq!(sizes.len(), 9, "{sizes:?}");
+        assert_eq!(joined, rows);
+    }
 }

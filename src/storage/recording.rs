@@ -280,7 +280,7 @@ impl Store {
         }
         self.write(move |c| {
             let mut applied = HashSet::new();
-            for chunk in outcomes.chunks(batch::ROWS_PER_STATEMENT) {
+            for chunk in batch::shaped(&outcomes) {
                 let updates: Vec<batch::ChargeUpdate<'_>> = chunk
                     .iter()
                     .map(|o| batch::ChargeUpdate {
@@ -305,7 +305,7 @@ impl Store {
                 })
                 .collect();
             let mut advanced = HashSet::new();
-            for chunk in advancing.chunks(batch::ROWS_PER_STATEMENT) {
+            for chunk in batch::shaped(&advancing) {
                 advanced.extend(batch::advance_subscriptions(c, now, chunk, longest)?);
             }
             let mut evs = Vec::new();
