@@ -444,7 +444,10 @@ pub(super) struct OutboxInsert {
 
 /// Writes outbox rows, a statement per [`shapes`]; a row whose `dedupe_key` (or
 /// event id) is taken already is skipped. Each is due at once.
-pub(super) fn insert_outbox(c: &mut AnyConnection, rows: Vec<OutboxInsert>) -> Result<(), StoreError> {
+pub(super) fn insert_outbox(
+    c: &mut AnyConnection,
+    rows: Vec<OutboxInsert>,
+) -> Result<(), StoreError> {
     let sizes = shapes(rows.len());
     let mut rows = rows.into_iter();
     for size in sizes {
