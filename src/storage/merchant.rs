@@ -141,11 +141,7 @@ pub fn load_raw(c: &mut AnyConnection, ids: &[i64]) -> Result<Vec<RawRow>, Store
             continue;
         }
         // Ids are integers: they stand in the SQL text safely.
-        let list = chunk
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = super::id_list(chunk);
         let sql = format!("{} WHERE s.id IN ({list}) ORDER BY s.id", select_raw(c));
         let rows: Vec<RawRow> = match c {
             AnyConnection::Sqlite(c) => diesel::sql_query(sql).load(c)?,
@@ -200,11 +196,7 @@ fn load_column(
             continue;
         }
         // Ids are integers and the column one of ours: they stand in the SQL text safely.
-        let list = chunk
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = super::id_list(chunk);
         let expr = match c {
             AnyConnection::Sqlite(_) => format!("CAST({column} AS BLOB)"),
             AnyConnection::Postgres(_) => format!("textsend({column}::text)"),

@@ -515,6 +515,12 @@ impl Store {
 
 pub(crate) use crate::clock::later;
 
+/// Ids as a comma-separated list to stand in SQL text (`… IN (1,2,3)`): integers cannot carry
+/// anything else into the statement.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn insert_events(
     c: &mut AnyConnection,
     now: NaiveDateTime,

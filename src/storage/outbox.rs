@@ -285,11 +285,7 @@ pub(super) fn last_approved_amounts(
             continue;
         }
         // Ids are integers: they stand in the SQL text safely.
-        let list = chunk
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = super::id_list(chunk);
         let sql = format!(
             "SELECT ch.subscription_id AS id, ch.amount AS amount FROM charges ch \
              WHERE ch.subscription_id IN ({list}) AND ch.state = 'approved' \
