@@ -357,7 +357,7 @@ async fn seed(store: &Store) -> (i64, i64) {
             now,
             attempts,
             &Default::default(),
-            move || tids.lock().unwrap().pop().unwrap().to_owned(),
+            move |_| tids.lock().unwrap().pop().unwrap().to_owned(),
         )
         .await
         .unwrap();

@@ -482,7 +482,7 @@ async fn the_database_refuses_a_second_live_attempt() {
                 now,
                 vec![attempt(1, 1), attempt(1, 2), attempt(2, 1)],
                 &NoticeLeads::default(),
-                move || client.new_tid().to_string(),
+                move |_| client.new_tid().to_string(),
             )
             .await
             .unwrap();

@@ -668,3 +668,91 @@ async fn many_lookups_leave_a_bounded_error() {
         );
     }
 }
+
+/// Attempts whose TID stays taken by other charges (another instance minting from the same
+/// part of the suffix space) are not left claimed without a word: after the retries, their
+/// claims are released, a warning names them, and the next pass charges them.
+#[tokio::test]
+async fn attempts_whose_tid_stays_taken_are_released_and_logged() {
+    use nicebill::billing::model::{NoticeLeads, SubscriptionId};
+    use nicebill::storage::{NewTid, StartAttempt};
+    for db in databases("tid_taken").await {
+        let w = world(&db).await;
+        let mut logs = MyLogs::capture();
+        // One approved charge whose TID every later attempt is offered.
+        let first = w.add("first").await;
+        let engine = w.engine(Hooks::default());
+        engine.pass().await.unwrap();
+        let taken = w.charges(first).await.remove(0).tid;
+        let ids = [w.add("b").await, w.add("c").await];
+        let now = w.clock.now();
+        w.store.notice(now).await.unwrap();
+        let mut attempts = Vec::new();
+        for id in ids {
+            let claimed = w
+                .store
+                .claim_one(SubscriptionId(id), "tester", now, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(claimed.is_some(), "{}", w.label);
+            attempts.push(StartAttempt {
+                subscription_id: SubscriptionId(id),
+                cycle: nicebill::schedule::Cycle(1),
+                attempt: 1,
+                moid: format!("S{id}-C1-A1"),
+                amount: 5_000,
+                bid: w.store.subscription(id).await.unwrap().unwrap().bid,
+                due_at: now,
+                check_after: now + chrono::Duration::seconds(90),
+                events: vec![],
+            });
+        }
+        logs.clear();
+        let offered = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&offered);
+        let started = w
+            .store
+            .start_attempts(
+                "tester",
+                now,
+                attempts,
+                &NoticeLeads::default(),
+                move |why| {
+                    seen.lock().unwrap().push(why);
+                    taken.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(started.is_empty(), "{}: {started:?}", w.label);
+        // The retries asked for TIDs away from the ones that collided.
+        let offered = offered.lock().unwrap().clone();
+        assert_eq!(offered[..2], [NewTid::First, NewTid::First], "{}", w.label);
+        assert!(offered.len() > 2, "{}: {offered:?}", w.label);
+        assert!(
+            offered[2..].iter().all(|w| *w == NewTid::AfterCollision),
+            "{}: {offered:?}",
+            w.label
+        );
+        for id in ids {
+            assert!(w.charges(id).await.is_empty(), "{}", w.label);
+            let row = w.store.subscription(id).await.unwrap().unwrap();
+            assert_eq!(row.claimed_by, None, "{}: claim released", w.label);
+        }
+        let line = logs.lines_with(&["WARN", "TID", "released", "count=2"]);
+        assert_eq!(line.len(), 1, "{}: {}", w.label, logs.text());
+        for id in ids {
+            assert!(
+                line[0].contains(&id.to_string()),
+                "{}: {}",
+                w.label,
+                line[0]
+            );
+        }
+        // The next pass charges them, with TIDs of its own.
+        engine.pass().await.unwrap();
+        for id in ids {
+            assert_eq!(states(&w.charges(id).await), ["approved"], "{}", w.label);
+        }
+    }
+}

@@ -34,8 +34,8 @@ use crate::schedule::{Cycle, Skipped};
 use crate::storage::models::ChargeRow;
 use crate::storage::recording::LateRecorded;
 use crate::storage::{
-    Bookkeeping, ChargeResult, Claimed, Event, LateFinding, Outcome, Reschedule, StartAttempt,
-    Store, StoreError, later,
+    Bookkeeping, ChargeResult, Claimed, Event, LateFinding, NewTid, Outcome, Reschedule,
+    StartAttempt, Store, StoreError, later,
 };
 
 /// How the engine behaves; built from `[scheduler]` and `[retry]`.
@@ -714,8 +714,12 @@ impl Engine {
         let committed = Instant::now();
         let started = self
             .store
-            .start_attempts(&s.owner, now, starts, &s.upcoming_lead, move || {
-                client.new_tid().to_string()
+            .start_attempts(&s.owner, now, starts, &s.upcoming_lead, move |why| {
+                match why {
+                    NewTid::First => client.new_tid(),
+                    NewTid::AfterCollision => client.new_tid_after_collision(),
+                }
+                .to_string()
             })
             .await?;
         let mut in_flight = Vec::with_capacity(started.len());

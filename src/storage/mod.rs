@@ -20,7 +20,7 @@ pub mod upcoming;
 
 pub use claims::Claimed;
 pub use figures::HealthFigures;
-pub use recording::{LateFinding, Started};
+pub use recording::{LateFinding, NewTid, Started};
 
 use std::fmt;
 use std::path::PathBuf;

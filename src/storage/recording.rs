@@ -55,6 +55,19 @@ pub enum LateRecorded {
     Lost,
 }
 
+/// How many TIDs an attempt is offered before it is left for the next pass.
+const TID_TRIES: usize = 8;
+
+/// Why [`Store::start_attempts`] asks for a TID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewTid {
+    /// An attempt's first TID.
+    First,
+    /// The TID offered before was already stored (another instance minted it): a TID from
+    /// elsewhere in the suffix space, not the next in sequence, which is likely taken too.
+    AfterCollision,
+}
+
 impl Store {
     /// Commits attempts before they are sent, each only while this owner still holds its
     /// subscription, it is still active and the merchant's row still names the attempt's
@@ -62,163 +75,183 @@ impl Store {
     /// approved or has an attempt in flight, and a second unresolved attempt of one
     /// subscription; a refused attempt is never sent (its claim is released, and bookkeeping
     /// that had fallen behind an approval moves on). A TID that collides with one already
-    /// stored is replaced by `new_tid()`.
+    /// stored is replaced by `new_tid(NewTid::AfterCollision)`, a few times; an attempt whose
+    /// TIDs all collide is not committed, its claim is released and a warning names it.
     pub async fn start_attempts(
         &self,
         owner: &str,
         now: DateTime<Utc>,
         attempts: Vec<StartAttempt>,
         leads: &NoticeLeads,
-        new_tid: impl Fn() -> String + Send + Sync + 'static,
+        new_tid: impl Fn(NewTid) -> String + Send + Sync + 'static,
     ) -> Result<Vec<Started>, StoreError> {
         let owner = owner.to_owned();
         let leads = leads.clone();
         let now = naive(now);
-        self.write(move |c| {
-            // Which subscriptions this owner still holds, active (and, on PostgreSQL, locked
-            // until commit).
-            let ids: Vec<i64> = attempts.iter().map(|a| a.subscription_id.0).collect();
-            let mut held: HashSet<i64> = HashSet::new();
-            // Each held row's notice plan: its cycle and the shortest lead told.
-            let mut plans: HashMap<i64, (Option<i32>, Option<i64>)> = HashMap::new();
-            for chunk in ids.chunks(super::MAX_IDS_PER_STATEMENT) {
-                let q = || {
-                    billing_state::table
-                        .filter(billing_state::subscription_id.eq_any(chunk))
-                        .filter(billing_state::claimed_by.eq(&owner))
-                        .filter(billing_state::status.eq(SubscriptionStatus::Active.as_str()))
-                        .select((
-                            billing_state::subscription_id,
-                            billing_state::notice_cycle,
-                            billing_state::notice_lead,
-                        ))
-                };
-                let rows: Vec<(i64, Option<i32>, Option<i64>)> = match &mut *c {
-                    AnyConnection::Postgres(pg) => q().for_update().load(pg)?,
-                    AnyConnection::Sqlite(lite) => q().load(lite)?,
-                };
-                for (id, cycle, lead) in rows {
-                    held.insert(id);
-                    plans.insert(id, (cycle, lead));
+        let (started, collided) = self
+            .write(move |c| {
+                // Which subscriptions this owner still holds, active (and, on PostgreSQL, locked
+                // until commit).
+                let ids: Vec<i64> = attempts.iter().map(|a| a.subscription_id.0).collect();
+                let mut held: HashSet<i64> = HashSet::new();
+                // Each held row's notice plan: its cycle and the shortest lead told.
+                let mut plans: HashMap<i64, (Option<i32>, Option<i64>)> = HashMap::new();
+                for chunk in ids.chunks(super::MAX_IDS_PER_STATEMENT) {
+                    let q = || {
+                        billing_state::table
+                            .filter(billing_state::subscription_id.eq_any(chunk))
+                            .filter(billing_state::claimed_by.eq(&owner))
+                            .filter(billing_state::status.eq(SubscriptionStatus::Active.as_str()))
+                            .select((
+                                billing_state::subscription_id,
+                                billing_state::notice_cycle,
+                                billing_state::notice_lead,
+                            ))
+                    };
+                    let rows: Vec<(i64, Option<i32>, Option<i64>)> = match &mut *c {
+                        AnyConnection::Postgres(pg) => q().for_update().load(pg)?,
+                        AnyConnection::Sqlite(lite) => q().load(lite)?,
+                    };
+                    for (id, cycle, lead) in rows {
+                        held.insert(id);
+                        plans.insert(id, (cycle, lead));
+                    }
                 }
-            }
-            // An attempt goes out with the billkey the merchant's row names now: a new card
-            // saved since the attempt was planned may already have had the old billkey removed
-            // (the change is noticed under the lock taken above, so it is either seen here or
-            // noticed only after this commit, when this attempt holds the old billkey). Such
-            // an attempt is dropped and its claim released; the next pass plans it again.
-            let bids = merchant::load_bids(c, &held.iter().copied().collect::<Vec<_>>())?;
-            let mut stale = Vec::new();
-            for a in &attempts {
-                let id = a.subscription_id.0;
-                if held.contains(&id)
-                    && bids.get(&id).and_then(|b| b.as_deref()) != Some(a.bid.as_bytes())
-                {
-                    tracing::info!(
-                        subscription = id,
-                        moid = %a.moid,
-                        "attempt not committed: the merchant changed the billkey since it was \
-                         planned; planned again next pass"
-                    );
-                    held.remove(&id);
-                    stale.push(a.subscription_id);
+                // An attempt goes out with the billkey the merchant's row names now: a new card
+                // saved since the attempt was planned may already have had the old billkey removed
+                // (the change is noticed under the lock taken above, so it is either seen here or
+                // noticed only after this commit, when this attempt holds the old billkey). Such
+                // an attempt is dropped and its claim released; the next pass plans it again.
+                let bids = merchant::load_bids(c, &held.iter().copied().collect::<Vec<_>>())?;
+                let mut stale = Vec::new();
+                for a in &attempts {
+                    let id = a.subscription_id.0;
+                    if held.contains(&id)
+                        && bids.get(&id).and_then(|b| b.as_deref()) != Some(a.bid.as_bytes())
+                    {
+                        tracing::info!(
+                            subscription = id,
+                            moid = %a.moid,
+                            "attempt not committed: the merchant changed the billkey since it was \
+                             planned; planned again next pass"
+                        );
+                        held.remove(&id);
+                        stale.push(a.subscription_id);
+                    }
                 }
-            }
-            for id in stale {
-                release(c, id)?;
-            }
-            let mut pending: Vec<(usize, NewCharge)> = attempts
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| held.contains(&a.subscription_id.0))
-                .map(|(i, a)| {
-                    (
-                        i,
-                        NewCharge {
-                            subscription_id: a.subscription_id.0,
+                for id in stale {
+                    release(c, id)?;
+                }
+                let mut pending: Vec<(usize, NewCharge)> = attempts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| held.contains(&a.subscription_id.0))
+                    .map(|(i, a)| {
+                        (
+                            i,
+                            NewCharge {
+                                subscription_id: a.subscription_id.0,
+                                cycle: a.cycle.column(),
+                                attempt: a.attempt as i32,
+                                moid: a.moid.clone(),
+                                tid: new_tid(NewTid::First),
+                                amount: a.amount,
+                                bid: Some(a.bid.clone()),
+                                state: ChargeState::Pending.as_str().into(),
+                                check_after: Some(naive(a.check_after)),
+                                created_at: now,
+                            },
+                        )
+                    })
+                    .collect();
+                let mut started = Vec::with_capacity(pending.len());
+                let mut refused = Vec::new();
+                let mut evs = Vec::new();
+                // A TID that another instance took is replaced and the row tried again.
+                for _ in 0..TID_TRIES {
+                    if pending.is_empty() {
+                        break;
+                    }
+                    let rows: Vec<NewCharge> = pending.iter().map(|(_, n)| n.clone()).collect();
+                    let inserted = batch::insert_charges(c, &rows)?;
+                    let mut again = Vec::new();
+                    for (i, mut new) in pending {
+                        if let Some(id) = inserted.get(&new.tid) {
+                            evs.extend(attempts[i].events.iter().cloned());
+                            started.push((i, ChargeId(*id), new.tid));
+                            continue;
+                        }
+                        let tid_taken: i64 = charges::table
+                            .filter(charges::tid.eq(&new.tid))
+                            .count()
+                            .get_result(c)?;
+                        if tid_taken == 0 {
+                            refused.push(i);
+                            continue;
+                        }
+                        new.tid = new_tid(NewTid::AfterCollision);
+                        again.push((i, new));
+                    }
+                    pending = again;
+                }
+                // TIDs still taken after the retries: nothing was committed for these rows, so
+                // their claims are released (not left to the lease) and the next pass plans them
+                // again with new TIDs.
+                let mut collided = Vec::with_capacity(pending.len());
+                for (i, _) in &pending {
+                    let id = attempts[*i].subscription_id;
+                    release(c, id)?;
+                    collided.push(id.0);
+                }
+                let rows: Vec<_> = started
+                    .iter()
+                    .map(|(i, _, _)| {
+                        let a = &attempts[*i];
+                        (
+                            a.subscription_id.0,
+                            a.cycle.column(),
+                            naive(a.due_at),
+                            a.attempt as i32,
+                        )
+                    })
+                    .collect();
+                batch::start_bookkeeping(c, &owner, now, &rows)?;
+                // A cycle's first attempt tells whatever upcoming notice of it is still untold.
+                let firsts: Vec<AttemptNotice> = started
+                    .iter()
+                    .map(|(i, _, _)| &attempts[*i])
+                    .filter(|a| a.attempt == 1)
+                    .map(|a| {
+                        let (notice_cycle, notice_lead) =
+                            plans.get(&a.subscription_id.0).copied().unwrap_or_default();
+                        AttemptNotice {
+                            id: a.subscription_id,
                             cycle: a.cycle.column(),
-                            attempt: a.attempt as i32,
-                            moid: a.moid.clone(),
-                            tid: new_tid(),
+                            due: a.due_at,
                             amount: a.amount,
-                            bid: Some(a.bid.clone()),
-                            state: ChargeState::Pending.as_str().into(),
-                            check_after: Some(naive(a.check_after)),
-                            created_at: now,
-                        },
-                    )
-                })
-                .collect();
-            let mut started = Vec::with_capacity(pending.len());
-            let mut refused = Vec::new();
-            let mut evs = Vec::new();
-            // A TID that another instance took is replaced and the row tried again.
-            for _ in 0..5 {
-                if pending.is_empty() {
-                    break;
+                            notice_cycle,
+                            notice_lead,
+                        }
+                    })
+                    .collect();
+                upcoming::tell_at_attempt(c, now, &leads, &firsts)?;
+                for i in refused {
+                    let a = &attempts[i];
+                    refuse(c, a, now)?;
                 }
-                let rows: Vec<NewCharge> = pending.iter().map(|(_, n)| n.clone()).collect();
-                let inserted = batch::insert_charges(c, &rows)?;
-                let mut again = Vec::new();
-                for (i, mut new) in pending {
-                    if let Some(id) = inserted.get(&new.tid) {
-                        evs.extend(attempts[i].events.iter().cloned());
-                        started.push((i, ChargeId(*id), new.tid));
-                        continue;
-                    }
-                    let tid_taken: i64 = charges::table
-                        .filter(charges::tid.eq(&new.tid))
-                        .count()
-                        .get_result(c)?;
-                    if tid_taken == 0 {
-                        refused.push(i);
-                        continue;
-                    }
-                    new.tid = new_tid();
-                    again.push((i, new));
-                }
-                pending = again;
-            }
-            let rows: Vec<_> = started
-                .iter()
-                .map(|(i, _, _)| {
-                    let a = &attempts[*i];
-                    (
-                        a.subscription_id.0,
-                        a.cycle.column(),
-                        naive(a.due_at),
-                        a.attempt as i32,
-                    )
-                })
-                .collect();
-            batch::start_bookkeeping(c, &owner, now, &rows)?;
-            // A cycle's first attempt tells whatever upcoming notice of it is still untold.
-            let firsts: Vec<AttemptNotice> = started
-                .iter()
-                .map(|(i, _, _)| &attempts[*i])
-                .filter(|a| a.attempt == 1)
-                .map(|a| {
-                    let (notice_cycle, notice_lead) =
-                        plans.get(&a.subscription_id.0).copied().unwrap_or_default();
-                    AttemptNotice {
-                        id: a.subscription_id,
-                        cycle: a.cycle.column(),
-                        due: a.due_at,
-                        amount: a.amount,
-                        notice_cycle,
-                        notice_lead,
-                    }
-                })
-                .collect();
-            upcoming::tell_at_attempt(c, now, &leads, &firsts)?;
-            for i in refused {
-                let a = &attempts[i];
-                refuse(c, a, now)?;
-            }
-            insert_events(c, now, &evs)?;
-            Ok(started)
-        })
-        .await
+                insert_events(c, now, &evs)?;
+                Ok((started, collided))
+            })
+            .await?;
+        if !collided.is_empty() {
+            tracing::warn!(
+                count = collided.len(),
+                subscriptions = ?collided,
+                "attempts not committed: every TID offered was already taken (another \
+                 instance minting the same suffixes?); claims released, planned again next pass"
+            );
+        }
+        Ok(started)
     }
 
     /// Applies decisions that charge nothing (invalid rows, ends, waits), releasing the claim.

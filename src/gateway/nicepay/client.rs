@@ -400,6 +400,12 @@ impl NicepayClient {
         self.tids.next(self.clock.now())
     }
 
+    /// A TID to replace one another instance had already stored (see
+    /// [`TidGenerator::next_after_collision`](super::tid::TidGenerator::next_after_collision)).
+    pub fn new_tid_after_collision(&self) -> Tid {
+        self.tids.next_after_collision(self.clock.now())
+    }
+
     fn base_form(&self, form: &mut FormBuilder, edi: &str) -> Result<(), FieldError> {
         form.field("MID", self.settings.mid.as_str(), 10)?
             .field("EdiDate", edi, 14)?
