@@ -70,7 +70,9 @@ impl Value {
 /// SQL text with its parameters, written once for both backends.
 struct Sql {
     pg: bool,
+    /// The text without placeholders: each value's placeholder goes at its offset in `at`.
     text: String,
+    at: Vec<usize>,
     values: Vec<Value>,
 }
 
@@ -79,6 +81,7 @@ impl Sql {
         Self {
             pg: matches!(c, AnyConnection::Postgres(_)),
             text: String::new(),
+            at: Vec::new(),
             values: Vec::new(),
         }
     }
@@ -90,11 +93,10 @@ impl Sql {
 
     /// Appends a placeholder for `value` (typed on PostgreSQL, so VALUES lists infer right).
     fn param(&mut self, value: Value) -> &mut Self {
+        self.at.push(self.text.len());
         if self.pg {
-            let n = self.values.len() + 1;
-            self.text.push_str(&format!("${n}::{}", value.pg_type()));
-        } else {
-            self.text.push('?');
+            self.text.push_str("::");
+            self.text.push_str(value.pg_type());
         }
         self.values.push(value);
         self
@@ -114,62 +116,80 @@ impl Sql {
 
     /// Runs a statement that returns nothing; returns the rows it touched.
     fn execute(self, c: &mut AnyConnection) -> Result<usize, StoreError> {
-        macro_rules! bind_all {
-            ($q:expr) => {{
-                let mut q = $q;
-                for v in self.values {
-                    q = match v {
-                        Value::I64(x) => q.bind::<BigInt, _>(x),
-                        Value::OptI64(x) => q.bind::<Nullable<BigInt>, _>(x),
-                        Value::I32(x) => q.bind::<Integer, _>(x),
-                        Value::Text(x) => q.bind::<Nullable<Text>, _>(x),
-                        Value::Ts(x) => q.bind::<Nullable<Timestamp>, _>(x),
-                    };
-                }
-                q
-            }};
-        }
+        let q = Prepared {
+            sql: self.text,
+            at: self.at,
+            values: self.values,
+        };
         Ok(match c {
-            AnyConnection::Sqlite(c) => {
-                bind_all!(diesel::sql_query(&self.text).into_boxed::<diesel::sqlite::Sqlite>())
-                    .execute(c)?
-            }
-            AnyConnection::Postgres(c) => {
-                bind_all!(diesel::sql_query(&self.text).into_boxed::<diesel::pg::Pg>())
-                    .execute(c)?
-            }
+            AnyConnection::Sqlite(c) => q.execute(c)?,
+            AnyConnection::Postgres(c) => q.execute(c)?,
         })
     }
 
     fn load_ids(self, c: &mut AnyConnection) -> Result<Vec<Returned>, StoreError> {
-        macro_rules! bind_all {
-            ($q:expr) => {{
-                let mut q = $q;
-                for v in self.values {
-                    q = match v {
-                        Value::I64(x) => q.bind::<BigInt, _>(x),
-                        Value::OptI64(x) => q.bind::<Nullable<BigInt>, _>(x),
-                        Value::I32(x) => q.bind::<Integer, _>(x),
-                        Value::Text(x) => q.bind::<Nullable<Text>, _>(x),
-                        Value::Ts(x) => q.bind::<Nullable<Timestamp>, _>(x),
-                    };
-                }
-                q
-            }};
-        }
-        let rows = match c {
-            AnyConnection::Sqlite(c) => {
-                bind_all!(diesel::sql_query(&self.text).into_boxed::<diesel::sqlite::Sqlite>())
-                    .load::<Returned>(c)?
-            }
-            AnyConnection::Postgres(c) => {
-                bind_all!(diesel::sql_query(&self.text).into_boxed::<diesel::pg::Pg>())
-                    .load::<Returned>(c)?
-            }
+        let q = Prepared {
+            sql: self.text,
+            at: self.at,
+            values: self.values,
         };
-        Ok(rows)
+        Ok(match c {
+            AnyConnection::Sqlite(c) => q.load::<Returned>(c)?,
+            AnyConnection::Postgres(c) => q.load::<Returned>(c)?,
+        })
     }
 }
+
+/// SQL text and its bound values as a statement the connection keeps prepared.
+///
+/// diesel's `sql_query` marks every statement unsafe to cache, so each run is parsed and
+/// planned again (on SQLite about a tenth of a charge's CPU). These texts come in a few fixed
+/// [`shapes`] with only placeholders for values, so caching them by text is safe: the cache
+/// keys a statement by its SQL and bind types.
+struct Prepared {
+    sql: String,
+    at: Vec<usize>,
+    values: Vec<Value>,
+}
+
+impl diesel::query_builder::QueryId for Prepared {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for Prepared {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for Prepared {}
+
+macro_rules! prepared_for {
+    ($db:ty) => {
+        impl diesel::query_builder::QueryFragment<$db> for Prepared {
+            fn walk_ast<'b>(
+                &'b self,
+                mut out: diesel::query_builder::AstPass<'_, 'b, $db>,
+            ) -> QueryResult<()> {
+                let mut from = 0;
+                for (&at, v) in self.at.iter().zip(&self.values) {
+                    out.push_sql(&self.sql[from..at]);
+                    from = at;
+                    match v {
+                        Value::I64(x) => out.push_bind_param::<BigInt, _>(x)?,
+                        Value::OptI64(x) => out.push_bind_param::<Nullable<BigInt>, _>(x)?,
+                        Value::I32(x) => out.push_bind_param::<Integer, _>(x)?,
+                        Value::Text(x) => out.push_bind_param::<Nullable<Text>, _>(x)?,
+                        Value::Ts(x) => out.push_bind_param::<Nullable<Timestamp>, _>(x)?,
+                    }
+                }
+                out.push_sql(&self.sql[from..]);
+                Ok(())
+            }
+        }
+    };
+}
+prepared_for!(diesel::sqlite::Sqlite);
+prepared_for!(diesel::pg::Pg);
 
 /// What the statements return: a row id and, for inserts, the TID.
 #[derive(QueryableByName)]
