@@ -186,7 +186,11 @@ async fn goods_names_outside_ks_x_1001_make_the_row_invalid() {
 #[tokio::test]
 async fn the_client_refuses_before_sending() {
     let sim = sim().await;
-    let client = client(&sim, Charset::EucKr, EdiType::Json);
+    // Nothing here is about timeouts: a patient client, so that a fully loaded machine (the
+    // whole suite on two cores) cannot turn a slow answer into a failure.
+    let mut s = settings(&sim.base_url(), Charset::EucKr, EdiType::Json);
+    s.read_timeout = Duration::from_secs(30);
+    let client = NicepayClient::new(s, Arc::new(nicebill::clock::SystemClock)).unwrap();
     let bid = issue(&client, "9410123456780000", "bk-client").await;
     for (i, c) in OUTSIDE.iter().enumerate() {
         let mut req = approve_request(&bid, client.new_tid(), &format!("o-{i}"), 100);
