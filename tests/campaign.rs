@@ -1061,7 +1061,10 @@ async fn merchant_mode(scale: &Scale, db: TestDb) {
         row.ends_at = Some(chrono::Utc::now().naive_utc());
         app.save(&db.store, id, row, "end").await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Past the lease (2 s) of whatever the last killed daemons had claimed, and the settle
+    // margin (1 s) of their unresolved attempts: the run below must be free to finish them all.
+    // (At 1 s, a loaded machine once left a row claimed by a killed daemon at the verdict.)
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let out = bin("warn")
         .args(["run", "--once", "--config"])
         .arg(&configs[0])
@@ -1074,7 +1077,32 @@ async fn merchant_mode(scale: &Scale, db: TestDb) {
     );
 
     let ledger = ledger(&url).await;
-    let tally = verdict(label, &db.store, &ledger).await;
+    let (findings, tally) = verdict_findings(&db.store, &ledger).await;
+    if !findings.is_empty() {
+        // Everything known about the rows named, for a failure that does not reproduce.
+        let mut detail = String::new();
+        for f in &findings {
+            let Some(id) = f
+                .strip_prefix("subscription ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            detail.push_str(&format!(
+                "\n{:?}\n{:?}\n{:?}",
+                db.store.subscription(id).await,
+                db.store.charges(Some(id)).await,
+                db.store.events(Some(id)).await
+            ));
+        }
+        panic!(
+            "{label}: the verdict found {} problem(s):\n  {}{detail}\nrun --once said: {}",
+            findings.len(),
+            findings.join("\n  "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mut failures = Vec::new();
 
     // No attempt went out with a billkey NICEPAY had removed, or did not know.

@@ -249,6 +249,10 @@ type Conn = PooledConnection<Manager>;
 pub struct Store {
     pool: Pool<Manager>,
     url: DbUrl,
+    /// SQLite only: this process's write transactions take turns here, first come first
+    /// served, rather than in SQLite's busy handler (which sleeps and polls, so a waiting
+    /// writer can lose the lock to a busier one again and again).
+    writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl fmt::Debug for Store {
@@ -404,7 +408,9 @@ impl Store {
                 url: url.to_string(),
                 message: e.to_string(),
             })?;
-        Ok(Store { pool, url })
+        let writer = matches!(url, DbUrl::Sqlite(_))
+            .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Store { pool, url, writer })
     }
 
     pub fn url(&self) -> &DbUrl {
@@ -434,15 +440,27 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction, retried a few times on lock contention.
+    ///
+    /// On SQLite the transaction begins `IMMEDIATE`, taking the write lock before it reads:
+    /// a deferred one reads from a snapshot, and if another connection commits before its
+    /// first write, that write cannot go ahead ("database is locked", at once, without the
+    /// busy timeout) and the whole transaction would have to start again. In this process
+    /// writers queue for the lock in order (`writer`); another process waits in the busy
+    /// handler.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Fn(&mut AnyConnection) -> Result<T, StoreError> + Send + 'static,
     {
+        let turn = match &self.writer {
+            Some(writer) => Some(std::sync::Arc::clone(writer).lock_owned().await),
+            None => None,
+        };
         self.run(move |conn| {
+            let _turn = turn;
             let mut tries = 0;
             loop {
-                match conn.transaction(|c| f(c)) {
+                match write_transaction(conn, &f) {
                     Err(e) if e.is_contention() && tries < 5 => {
                         tries += 1;
                         std::thread::sleep(Duration::from_millis(20 << tries));
@@ -593,6 +611,34 @@ pub fn bid_suffix(bid: &str) -> String {
     let chars: Vec<char> = bid.chars().collect();
     let tail: String = chars[chars.len().saturating_sub(4)..].iter().collect();
     format!("…{tail}")
+}
+
+/// One write transaction: `BEGIN IMMEDIATE` on SQLite (see [`Store::write`]), the
+/// connection's own `BEGIN` on PostgreSQL.
+fn write_transaction<T>(
+    conn: &mut AnyConnection,
+    f: &impl Fn(&mut AnyConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    if let AnyConnection::Sqlite(lite) = &mut *conn {
+        AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?;
+    } else {
+        return conn.transaction(|c| f(c));
+    }
+    let result = f(conn);
+    let AnyConnection::Sqlite(lite) = conn else {
+        return Err(StoreError::Task("the connection changed backend".into()));
+    };
+    match result {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(lite)?;
+            Ok(value)
+        }
+        Err(e) => match AnsiTransactionManager::rollback_transaction(lite) {
+            Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(e),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
 }
 
 #[cfg(test)]
