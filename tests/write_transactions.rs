@@ -26,8 +26,7 @@ struct Count {
     n: i64,
 }
 
-fn count(c: &mut AnyConnection) -> Result<i64, StoreError> {
-    let sql = "SELECT COUNT(*) AS n FROM nb_writes";
+fn count(c: &mut AnyConnection, sql: &str) -> Result<i64, StoreError> {
     let rows: Vec<Count> = match c {
         AnyConnection::Sqlite(c) => diesel::sql_query(sql).load(c)?,
         AnyConnection::Postgres(c) => diesel::sql_query(sql).load(c)?,
@@ -79,7 +78,7 @@ async fn a_write_overtaken_by_another_commit_runs_once() {
         let result = store
             .write(move |c| {
                 seen.fetch_add(1, Ordering::SeqCst);
-                let before = count(c)?;
+                let before = count(c, "SELECT COUNT(*) AS n FROM nb_writes")?;
                 // Another write commits (or, if this transaction already holds the write
                 // lock, waits for it) before this one writes.
                 go_tx.send(()).unwrap();
@@ -101,19 +100,7 @@ async fn a_write_overtaken_by_another_commit_runs_once() {
         other.abort();
         let _ = other.await;
         let mine = store
-            .run(|c| {
-                let rows: Vec<Count> = match c {
-                    AnyConnection::Sqlite(c) => {
-                        diesel::sql_query("SELECT COUNT(*) AS n FROM nb_writes WHERE who = 'mine'")
-                            .load(c)?
-                    }
-                    AnyConnection::Postgres(c) => {
-                        diesel::sql_query("SELECT COUNT(*) AS n FROM nb_writes WHERE who = 'mine'")
-                            .load(c)?
-                    }
-                };
-                Ok(rows[0].n)
-            })
+            .run(|c| count(c, "SELECT COUNT(*) AS n FROM nb_writes WHERE who = 'mine'"))
             .await
             .unwrap();
         assert_eq!(mine, 1, "{}", db.label);

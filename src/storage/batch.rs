@@ -114,13 +114,17 @@ impl Sql {
         self.push(")")
     }
 
-    /// Runs a statement that returns nothing; returns the rows it touched.
-    fn execute(self, c: &mut AnyConnection) -> Result<usize, StoreError> {
-        let q = Prepared {
+    fn prepared(self) -> Prepared {
+        Prepared {
             sql: self.text,
             at: self.at,
             values: self.values,
-        };
+        }
+    }
+
+    /// Runs a statement that returns nothing; returns the rows it touched.
+    fn execute(self, c: &mut AnyConnection) -> Result<usize, StoreError> {
+        let q = self.prepared();
         Ok(match c {
             AnyConnection::Sqlite(c) => q.execute(c)?,
             AnyConnection::Postgres(c) => q.execute(c)?,
@@ -128,11 +132,7 @@ impl Sql {
     }
 
     fn load_ids(self, c: &mut AnyConnection) -> Result<Vec<Returned>, StoreError> {
-        let q = Prepared {
-            sql: self.text,
-            at: self.at,
-            values: self.values,
-        };
+        let q = self.prepared();
         Ok(match c {
             AnyConnection::Sqlite(c) => q.load::<Returned>(c)?,
             AnyConnection::Postgres(c) => q.load::<Returned>(c)?,
