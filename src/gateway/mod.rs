@@ -1,3 +1,4 @@
-//! Payment gateways nicebill speaks to. Today only NICEPAY.
+//! Payment gateways nicebill speaks to: NICEPAY's legacy web API and its current REST API (v1).
 
 pub mod nicepay;
+pub mod nicepay_v1;
