@@ -1,5 +1,4 @@
 //! Payment gateways nicebill speaks to: NICEPAY's legacy web API and its current REST API (v1).
-
 //!
 //! [`Class`] is the vocabulary both speak: each API's own table maps its result codes onto it.
 
