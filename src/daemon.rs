@@ -31,6 +31,15 @@ pub enum DaemonError {
     Unmigrated { count: usize, names: String },
     #[error("cannot build the NICEPAY client: {0}")]
     Client(String),
+    #[error(
+        "{count} unresolved attempt(s) went out on NICEPAY's {api} API (charges {ids}), but nicebill is configured for {configured}; an attempt can only be looked up on its own API: run with [nicepay] api = \"{api}\" until they are resolved, then switch"
+    )]
+    OtherApi {
+        count: usize,
+        api: String,
+        configured: String,
+        ids: String,
+    },
     #[error("tick scheduler: {0}")]
     Scheduler(String),
     #[error("{0} attempt(s) are still unresolved; run again later (`nicebill run --once`)")]
@@ -110,10 +119,7 @@ pub async fn engine(
     let client = NicepayClient::new(config.nicepay.clone(), clock.clone())
         .map_err(|e| DaemonError::Client(e.to_string()))?;
     let settings = config.engine_settings(EngineSettings::default_owner());
-    Ok((
-        Engine::new(store, Arc::new(client), clock, settings),
-        db_clock,
-    ))
+    Ok((Engine::new(store, client, clock, settings), db_clock))
 }
 
 /// Runs the daemon until `shutdown` resolves (or, with `once`, until nothing is due).
@@ -141,6 +147,7 @@ pub async fn run_engine(
         concurrency = engine.settings().concurrency,
         "nicebill starting"
     );
+    refuse_other_api(&engine).await?;
     tokio::pin!(shutdown);
     let stopper = engine.clone();
     if once {
@@ -332,6 +339,29 @@ fn spawn_webhooks(
             tokio::time::sleep(pause).await;
         }
     }))
+}
+
+/// Refuses to start while attempts sent on the other API are unresolved: only that API can
+/// tell what became of them, and switching APIs must not leave a charge unknown for good.
+async fn refuse_other_api(engine: &Engine) -> Result<(), DaemonError> {
+    let configured = engine.gateway().api();
+    let others: Vec<_> = engine
+        .store()
+        .unresolved()
+        .await?
+        .into_iter()
+        .filter(|c| c.api != configured.as_str())
+        .collect();
+    let Some(first) = others.first() else {
+        return Ok(());
+    };
+    let shown: Vec<String> = others.iter().take(10).map(|c| c.id.to_string()).collect();
+    Err(DaemonError::OtherApi {
+        count: others.len(),
+        api: first.api.clone(),
+        configured: configured.to_string(),
+        ids: shown.join(", ") + if others.len() > 10 { ", …" } else { "" },
+    })
 }
 
 /// Passes until nothing is due now and nothing is unresolved; waits (in real time) for

@@ -357,7 +357,8 @@ async fn seed(store: &Store) -> (i64, i64) {
             now,
             attempts,
             &Default::default(),
-            move |_| tids.lock().unwrap().pop().unwrap().to_owned(),
+            "webapi",
+            move |_| Some(tids.lock().unwrap().pop().unwrap().to_owned()),
         )
         .await
         .unwrap();

@@ -170,7 +170,7 @@ async fn story(db: TestDb) {
     for l in &ledger {
         let row = charges
             .iter()
-            .find(|c| c.tid == l.tid)
+            .find(|c| c.tid.as_deref() == Some(l.tid.as_str()))
             .unwrap_or_else(|| panic!("{label}: ledger TID {} not in charges", l.tid));
         assert_eq!(
             (row.state.as_str(), &row.moid, row.amount),

@@ -143,7 +143,7 @@ async fn crash_story(db: TestDb) {
     for entry in &ledger {
         let row = approved
             .iter()
-            .find(|c| c.tid == entry.tid)
+            .find(|c| c.tid.as_deref() == Some(entry.tid.as_str()))
             .unwrap_or_else(|| {
                 panic!(
                     "{label}: approval {} ({}) is not recorded as approved",

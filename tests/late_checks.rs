@@ -229,7 +229,8 @@ async fn late_story(db: TestDb) {
         .collect();
     assert_eq!(doubles.len(), 1, "{label}: {events:#?}");
     assert!(
-        doubles[0].detail.contains(&first.tid) && doubles[0].detail.contains(&second.tid),
+        doubles[0].detail.contains(first.tid.as_deref().unwrap())
+            && doubles[0].detail.contains(second.tid.as_deref().unwrap()),
         "{label}: {}",
         doubles[0].detail
     );
@@ -246,8 +247,16 @@ async fn late_story(db: TestDb) {
                     .is_some_and(|m| m.starts_with("double charge"))
         })
         .unwrap_or_else(|| panic!("{label}: no error line for the double charge:\n{log_text}"));
-    assert_eq!(error["fields"]["tid"], first.tid.as_str(), "{label}");
-    assert_eq!(error["fields"]["other_tid"], second.tid.as_str(), "{label}");
+    assert_eq!(
+        error["fields"]["tid"],
+        first.tid.as_deref().unwrap(),
+        "{label}"
+    );
+    assert_eq!(
+        error["fields"]["other_tid"],
+        second.tid.as_deref().unwrap(),
+        "{label}"
+    );
 
     // Health degraded, metric 1.
     assert_eq!(health["status"], "degraded", "{label}: {health}");
@@ -281,8 +290,8 @@ async fn late_story(db: TestDb) {
     let (code, table) = operator(&config, &["charges", "doubles"]);
     assert_eq!(code, Some(0), "{label}");
     for want in [
-        first.tid.as_str(),
-        second.tid.as_str(),
+        first.tid.as_deref().unwrap(),
+        second.tid.as_deref().unwrap(),
         "9,900",
         "double",
         "nicebill refund",
@@ -312,8 +321,8 @@ async fn late_story(db: TestDb) {
             Some("double"),
             Some(1),
             Some(9_900),
-            Some(first.tid.as_str()),
-            Some(second.tid.as_str())
+            Some(first.tid.as_deref().unwrap()),
+            Some(second.tid.as_deref().unwrap())
         ),
         "{label}: {d}"
     );

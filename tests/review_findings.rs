@@ -482,7 +482,8 @@ async fn the_database_refuses_a_second_live_attempt() {
                 now,
                 vec![attempt(1, 1), attempt(1, 2), attempt(2, 1)],
                 &NoticeLeads::default(),
-                move |_| client.new_tid().to_string(),
+                "webapi",
+                move |_| Some(client.new_tid().to_string()),
             )
             .await
             .unwrap();
@@ -506,12 +507,13 @@ async fn the_database_refuses_a_second_live_attempt() {
                 cycle,
                 attempt,
                 moid: format!("raw-{id}-{cycle}-{attempt}"),
-                tid: w.client.new_tid().to_string(),
+                tid: Some(w.client.new_tid().to_string()),
                 amount: 5_000,
                 bid: Some(bid_text.clone()),
                 state: state.to_owned(),
                 check_after: None,
                 created_at: now.naive_utc(),
+                api: "webapi".into(),
             };
             let store = w.store.clone();
             async move {
@@ -603,8 +605,8 @@ async fn a_duplicate_tid_of_a_foreign_transaction_is_not_our_charge() {
         let charges = w.charges(id).await;
         assert_eq!(charges.len(), 1, "{}", w.label);
         assert_eq!(
-            charges[0].tid,
-            collides.as_str(),
+            charges[0].tid.as_deref(),
+            Some(collides.as_str()),
             "{}: the peek was right",
             w.label
         );
@@ -646,7 +648,12 @@ async fn a_duplicate_tid_of_a_foreign_transaction_is_not_our_charge() {
             w.label
         );
         let charges = w.charges(id).await;
-        assert_ne!(charges[1].tid, collides.as_str(), "{}", w.label);
+        assert_ne!(
+            charges[1].tid.as_deref(),
+            Some(collides.as_str()),
+            "{}",
+            w.label
+        );
         assert_eq!(w.state(id).await.next_cycle, Some(Cycle(2)), "{}", w.label);
         w.sim.shutdown().await;
     }
@@ -680,7 +687,10 @@ async fn a_duplicate_tid_of_our_own_transaction_is_our_charge() {
         let charges = w.charges(id).await;
         assert_eq!(charges.len(), 1, "{}", w.label);
         assert_eq!(
-            (charges[0].tid.as_str(), charges[0].state.as_str()),
+            (
+                charges[0].tid.as_deref().unwrap(),
+                charges[0].state.as_str()
+            ),
             (ours.as_str(), "approved"),
             "{}: {:?}",
             w.label,
@@ -729,7 +739,7 @@ async fn a_cancelled_lookup_is_not_an_approval() {
         let cancelled = w
             .client
             .cancel(&CancelRequest {
-                tid: Tid::new(charge.tid.clone()).unwrap(),
+                tid: Tid::new(charge.tid.clone().unwrap()).unwrap(),
                 moid: Moid::new(charge.moid.clone()).unwrap(),
                 amount: Krw::positive(5_000).unwrap(),
                 reason: "고객 요청 환불".into(),

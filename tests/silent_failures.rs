@@ -717,6 +717,7 @@ async fn attempts_whose_tid_stays_taken_are_released_and_logged() {
                 now,
                 attempts,
                 &NoticeLeads::default(),
+                "webapi",
                 move |why| {
                     seen.lock().unwrap().push(why);
                     taken.clone()

@@ -26,9 +26,8 @@ use super::plan::{self, Advance, Decision, Policy, Position, Settled, Valid};
 use crate::clock::SharedClock;
 use crate::config::{self, defaults};
 use crate::domain::{Bid, Moid, Tid};
-use crate::gateway::nicepay::{
-    Approval, ApproveRequest, CallError, Class, NicepayClient, Reply, TxState, TxStatus, codes,
-};
+use crate::gateway::nicepay::{Approval, CallError, Class, Reply, TxState, TxStatus};
+use crate::gateway::{AttemptRef, ChargeRequest, Gateway, TidFor};
 use crate::retry::{Attempt, RetryPolicy, retry};
 use crate::schedule::{Cycle, Skipped};
 use crate::storage::models::ChargeRow;
@@ -245,7 +244,7 @@ impl PassReport {
 #[derive(Clone)]
 pub struct Engine {
     store: Store,
-    client: Arc<NicepayClient>,
+    gateway: Arc<Gateway>,
     clock: SharedClock,
     settings: Arc<EngineSettings>,
     stats: Arc<Stats>,
@@ -264,7 +263,8 @@ struct InFlight {
     attempt: u32,
     prior_declines: u32,
     moid: Moid,
-    tid: Tid,
+    /// Ours on the legacy API; on v1 NICEPAY makes it and it is learnt with the answer.
+    tid: Option<Tid>,
     committed_at: DateTime<Utc>,
     /// The same moment on this host's monotonic clock (taken before the commit began): how
     /// long the attempt has waited is judged on it, never on a wall clock that may jump.
@@ -274,13 +274,13 @@ struct InFlight {
 impl Engine {
     pub fn new(
         store: Store,
-        client: Arc<NicepayClient>,
+        gateway: impl Into<Gateway>,
         clock: SharedClock,
         settings: EngineSettings,
     ) -> Self {
         Self {
             store,
-            client,
+            gateway: Arc::new(gateway.into()),
             clock,
             stats: Arc::new(Stats::default()),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -293,6 +293,11 @@ impl Engine {
     /// The adaptive concurrency limit (health and metrics).
     pub fn concurrency(&self) -> AimdFigures {
         self.aimd.figures()
+    }
+
+    /// The NICEPAY API this engine charges through.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -395,6 +400,8 @@ impl Engine {
         };
         let (tid, moid, cycle) = (attempt.tid.clone(), attempt.moid.clone(), attempt.cycle);
         let (outcome, settledness) = self.send(attempt, self.aimd.epoch()).await;
+        // On v1 the tid is NICEPAY's, learnt with the answer (if one came).
+        let tid = tid.or_else(|| outcome.result.tid.clone().and_then(|t| Tid::new(t).ok()));
         let state = outcome.result.state;
         let code = outcome.result.result_code.clone();
         let msg = outcome
@@ -709,23 +716,33 @@ impl Engine {
         if starts.is_empty() {
             return Ok(Vec::new());
         }
-        let client = Arc::clone(&self.client);
+        let gateway = Arc::clone(&self.gateway);
         // Taken before the commit begins: the database's commit time is no earlier.
         let committed = Instant::now();
         let started = self
             .store
-            .start_attempts(&s.owner, now, starts, &s.upcoming_lead, move |why| {
-                match why {
-                    NewTid::First => client.new_tid(),
-                    NewTid::AfterCollision => client.new_tid_after_collision(),
-                }
-                .to_string()
-            })
+            .start_attempts(
+                &s.owner,
+                now,
+                starts,
+                &s.upcoming_lead,
+                self.gateway.api().as_str(),
+                move |why| {
+                    gateway
+                        .new_tid(match why {
+                            NewTid::First => TidFor::First,
+                            NewTid::AfterCollision => TidFor::AfterCollision,
+                        })
+                        .map(|t| t.to_string())
+                },
+            )
             .await?;
         let mut in_flight = Vec::with_capacity(started.len());
         for (i, charge_id, tid) in started {
             let (valid, cycle, due_at, attempt, prior_declines, moid) = planned[i].clone();
-            let Ok(tid) = Tid::new(tid) else { continue };
+            let Ok(tid) = tid.map(Tid::new).transpose() else {
+                continue;
+            };
             in_flight.push(InFlight {
                 valid,
                 charge_id,
@@ -751,7 +768,7 @@ impl Engine {
         // be over by then, so one that waited too long is not sent at all. Waiting is measured
         // on the monotonic clock from before the commit: no wall-clock jump can stretch it.
         let send_window = self.settings.settle_margin;
-        let request = ApproveRequest {
+        let request = ChargeRequest {
             bid: a.valid.bid.clone(),
             tid: a.tid.clone(),
             moid: a.moid.clone(),
@@ -760,7 +777,6 @@ impl Engine {
             card_quota: a.valid.card_quota.clone(),
             interest_free: a.valid.interest_free,
             buyer: a.valid.buyer.clone(),
-            mall_reserved: None,
         };
         let not_sent = |why: &str| {
             Err(CallError::Transport {
@@ -774,12 +790,12 @@ impl Engine {
         } else if a.committed.elapsed() > send_window {
             not_sent("the attempt waited too long for a free slot")
         } else {
-            let client = &self.client;
+            let gateway = &self.gateway;
             let request = &request;
             // A wait for the request rate ends with the send window.
             let send_by = a.committed + send_window;
             retry(self.transient_policy(), || async move {
-                match client.approve_by(request, Some(send_by)).await {
+                match gateway.approve_by(request, Some(send_by)).await {
                     Err(e) if e.class() == Class::NotSent => Err(Attempt::Transient(e)),
                     Err(e) => Err(Attempt::Permanent(e)),
                     Ok(reply) => Ok(reply),
@@ -826,7 +842,7 @@ impl Engine {
             cycle = a.cycle.0,
             attempt = a.attempt,
             moid = %a.moid,
-            tid = %a.tid,
+            tid = shown(a.tid.as_ref()),
             amount = a.valid.amount.value(),
             result_code = %code,
             result_msg = %msg,
@@ -857,6 +873,7 @@ impl Engine {
                     r.auth_code = d.auth_code.clone();
                     r.auth_date = d.auth_date.clone();
                     r.card_no = d.card_no.clone();
+                    r.tid = Some(d.tid.to_string());
                 }
             }
             Err(e) => r.error = Some(e.to_string()),
@@ -932,7 +949,7 @@ impl Engine {
                 events.push(Event::sub(id, EventKind::RequestError, what(&result)))
             }
             (Settled::UnlistedCode, _) => {
-                tracing::warn!(subscription = id.0, tid = %f.tid, code = ?result.result_code, msg = ?result.result_msg, "NICEPAY answered with a result code nicebill does not list; not a decline, retried on the request-error schedule");
+                tracing::warn!(subscription = id.0, tid = shown(f.tid.as_ref()), code = ?result.result_code, msg = ?result.result_msg, "NICEPAY answered with a result code nicebill does not list; not a decline, retried on the request-error schedule");
                 events.push(Event::sub(id, EventKind::UnlistedCode, what(&result)))
             }
             (Settled::NotCharged, _) => {
@@ -940,10 +957,15 @@ impl Engine {
             }
         }
         if settled == Settled::RequestError {
-            tracing::error!(subscription = id.0, tid = %f.tid, code = ?result.result_code, error = ?result.error, "NICEPAY refused the request as malformed; check configuration");
+            tracing::error!(subscription = id.0, tid = shown(f.tid.as_ref()), code = ?result.result_code, error = ?result.error, "NICEPAY refused the request as malformed; check configuration");
         }
         if result.state == ChargeState::Cancelled {
-            tracing::warn!(subscription = id.0, tid = %f.tid, cycle = f.cycle.0, "status lookup: approved, then cancelled; the cycle stays due");
+            tracing::warn!(
+                subscription = id.0,
+                tid = shown(f.tid.as_ref()),
+                cycle = f.cycle.0,
+                "status lookup: approved, then cancelled; the cycle stays due"
+            );
         }
         let remove_billkey = match &adv.status {
             Some((status, reason)) => {
@@ -987,7 +1009,14 @@ impl Engine {
         lookups: i32,
         first_error: Option<String>,
     ) -> (Outcome, Settledness) {
-        let looked = self.look_up_tid(&f.tid).await;
+        let looked = self
+            .look_up_attempt(&AttemptRef {
+                tid: f.tid.as_ref(),
+                moid: &f.moid,
+                amount: f.amount,
+                committed_at: f.committed_at,
+            })
+            .await;
         let now = self.clock.now();
         let lookups = lookups + 1;
         let unresolved = |check_after: DateTime<Utc>, why: String| {
@@ -1027,7 +1056,7 @@ impl Engine {
             (_, Some(LookupMatch::Different(what))) => {
                 // The TID is another transaction's: ours was refused under it, so it was not
                 // charged. A new attempt gets a new TID.
-                tracing::error!(subscription = f.subscription_id.0, tid = %f.tid, %what, "status lookup answered for another transaction; this attempt was not charged");
+                tracing::error!(subscription = f.subscription_id.0, tid = shown(f.tid.as_ref()), %what, "status lookup answered for another transaction; this attempt was not charged");
                 let result = ChargeResult {
                     result_msg: Some(bounded(&format!(
                         "the TID belongs to another transaction ({what}); not charged under it"
@@ -1041,14 +1070,18 @@ impl Engine {
                 outcome.events.push(Event::sub(
                     f.subscription_id,
                     EventKind::LookupMismatch,
-                    format!("TID {}: {what}", f.tid),
+                    format!("TID {}: {what}", shown(f.tid.as_ref())),
                 ));
                 (outcome, settledness)
             }
             (_, Some(LookupMatch::Unverifiable)) if f.duplicate => {
                 // A duplicate-TID answer counts only when the lookup proves the transaction is
                 // ours; this one cannot. Looked up again later; an operator is told.
-                tracing::error!(subscription = f.subscription_id.0, tid = %f.tid, "duplicate TID, and the status lookup does not say whose transaction it is; left unresolved");
+                tracing::error!(
+                    subscription = f.subscription_id.0,
+                    tid = shown(f.tid.as_ref()),
+                    "duplicate TID, and the status lookup does not say whose transaction it is; left unresolved"
+                );
                 let delay = self.settings.lookup_retry.delay(lookups.max(1) as u32 - 1);
                 let (mut outcome, settledness) = unresolved(
                     later(now, delay),
@@ -1061,7 +1094,7 @@ impl Engine {
                         EventKind::LookupMismatch,
                         format!(
                             "TID {}: duplicate TID, and the status lookup does not show whose transaction it is; left unresolved until it does or an operator decides",
-                            f.tid
+                            shown(f.tid.as_ref())
                         ),
                     ));
                 }
@@ -1069,8 +1102,9 @@ impl Engine {
             }
             (TxState::Approved, _) => {
                 let result = ChargeResult {
-                    result_code: Some(codes::CARD_APPROVED.into()),
+                    result_code: Some(self.gateway.approval_code().into()),
                     result_msg: Some("approved (found by status lookup)".into()),
+                    tid: Some(status.tid.to_string()),
                     auth_code: status.auth_code,
                     auth_date: status.auth_date,
                     error_class: Some(Class::Approved.as_str().into()),
@@ -1084,6 +1118,7 @@ impl Engine {
                 // Approved once, cancelled since: not approved now. The cycle stays due.
                 let result = ChargeResult {
                     result_msg: Some("approved, then cancelled (status lookup)".into()),
+                    tid: Some(status.tid.to_string()),
                     auth_code: status.auth_code,
                     auth_date: status.auth_date,
                     error_class: Some(Class::Unknown.as_str().into()),
@@ -1115,10 +1150,10 @@ impl Engine {
     }
 
     /// One status lookup, with in-process retries of transient failures.
-    async fn look_up_tid(&self, tid: &Tid) -> Result<TxStatus, String> {
-        let client = &self.client;
+    async fn look_up_attempt(&self, attempt: &AttemptRef<'_>) -> Result<TxStatus, String> {
+        let gateway = &self.gateway;
         let looked = retry(self.transient_policy(), || async move {
-            match client.status(tid).await {
+            match gateway.look_up(attempt).await {
                 Ok(reply) => match reply.data {
                     Some(status) => Ok(status),
                     None if matches!(reply.class, Class::Throttled) => Err(Attempt::Transient(
@@ -1150,8 +1185,12 @@ impl Engine {
     async fn facts_of(&self, charge: &ChargeRow) -> Result<Option<ChargeFacts>, EngineError> {
         let s = &self.settings;
         let id = SubscriptionId(charge.subscription_id);
-        let Ok(tid) = Tid::new(charge.tid.clone()) else {
-            tracing::error!(charge = charge.id, tid = %charge.tid, "stored TID is malformed; the attempt cannot be looked up");
+        if charge.api != self.gateway.api().as_str() {
+            tracing::error!(charge = charge.id, api = %charge.api, configured = %self.gateway.api(), "this attempt went out on another NICEPAY API than the one configured; it can only be looked up there (configure that API until it is resolved)");
+            return Ok(None);
+        }
+        let Ok(tid) = charge.tid.clone().map(Tid::new).transpose() else {
+            tracing::error!(charge = charge.id, tid = ?charge.tid, "stored TID is malformed; the attempt cannot be looked up");
             return Ok(None);
         };
         let state = self.store.billing_state(id).await?;
@@ -1185,6 +1224,7 @@ impl Engine {
             tid,
             moid: charge.moid.clone(),
             amount: charge.amount,
+            committed_at: charge.created_at.and_utc(),
             duplicate: charge.error_class.as_deref() == Some(Class::Duplicate.as_str())
                 || charge
                     .error
@@ -1210,7 +1250,7 @@ impl Engine {
             cycle = charge.cycle,
             attempt = charge.attempt,
             moid = %charge.moid,
-            tid = %charge.tid,
+            tid = charge.tid.as_deref().unwrap_or("-"),
             amount = charge.amount,
             state = %outcome.result.state,
             "unresolved attempt looked up"
@@ -1313,7 +1353,7 @@ impl Engine {
             } else {
                 "another instance claimed it for its lookup first"
             };
-            tracing::debug!(charge = c.id, subscription = c.subscription_id, tid = %c.tid, next_lookup_at = ?next, reason, "unresolved attempt not looked up in this pass");
+            tracing::debug!(charge = c.id, subscription = c.subscription_id, tid = c.tid.as_deref().unwrap_or("-"), next_lookup_at = ?next, reason, "unresolved attempt not looked up in this pass");
             let entry = by_reason.entry(reason).or_default();
             entry.0.push(c.id);
             entry.1 = match (entry.1, next) {
@@ -1366,7 +1406,7 @@ impl Engine {
                 let Some((charge, finding)) = panics.note(&self.stats, "late lookup", done) else {
                     continue;
                 };
-                let tid = charge.tid.clone();
+                let tid = charge.tid.clone().unwrap_or_else(|| charge.label());
                 let (sub, cycle) = (charge.subscription_id, charge.cycle);
                 let recorded = self
                     .store
@@ -1393,11 +1433,27 @@ impl Engine {
 
     async fn late_finding(&self, charge: &ChargeRow) -> LateFinding {
         let now = self.clock.now();
-        let Ok(tid) = Tid::new(charge.tid.clone()) else {
+        if charge.api != self.gateway.api().as_str() {
+            return LateFinding::Again {
+                at: later(now, self.settings.late_check_after),
+                why: format!(
+                    "sent on NICEPAY's {} API; this instance speaks {}: looked up when that API is configured again",
+                    charge.api,
+                    self.gateway.api()
+                ),
+            };
+        }
+        let Ok(tid) = charge.tid.clone().map(Tid::new).transpose() else {
             return LateFinding::NotFound;
         };
         let settles_at = later(charge.created_at.and_utc(), self.settings.settle());
-        match self.look_up_tid(&tid).await {
+        let attempt = AttemptRef {
+            tid: tid.as_ref(),
+            moid: &charge.moid,
+            amount: charge.amount,
+            committed_at: charge.created_at.and_utc(),
+        };
+        match self.look_up_attempt(&attempt).await {
             Err(e) => LateFinding::Again {
                 at: later(now, self.settings.lookup_retry.delay(0)),
                 why: bounded(&format!("late status lookup failed: {e}")),
@@ -1410,9 +1466,10 @@ impl Engine {
                 (TxState::NotFound, _) | (_, LookupMatch::Different(_)) => LateFinding::NotFound,
                 (TxState::Cancelled, _) => LateFinding::Cancelled,
                 (TxState::Approved, _) => LateFinding::Approved {
-                    result_code: codes::CARD_APPROVED.into(),
+                    result_code: self.gateway.approval_code().into(),
                     auth_code: status.auth_code,
                     auth_date: status.auth_date,
+                    tid: Some(status.tid.to_string()),
                 },
             },
         }
@@ -1443,10 +1500,10 @@ impl Engine {
                 let (done, code, msg) =
                     match (Bid::new(row.bid.clone()), Moid::new(moid_text.clone())) {
                         (Ok(bid), Ok(moid)) => {
-                            let client = &self.client;
+                            let gateway = &self.gateway;
                             let (bid, moid) = (&bid, &moid);
                             let result = retry(self.transient_policy(), || async move {
-                                match client.remove_billkey(bid, moid).await {
+                                match gateway.remove_billkey(bid, moid).await {
                                     Err(e) if e.class() == Class::NotSent => {
                                         Err(Attempt::Transient(e))
                                     }
@@ -1579,7 +1636,8 @@ pub enum ChargeNow {
     Nothing(PassReport),
     Attempted {
         cycle: Cycle,
-        tid: Tid,
+        /// `None` on v1 while NICEPAY has not told it.
+        tid: Option<Tid>,
         moid: Moid,
         state: ChargeState,
         /// `None` while the outcome is unknown (the daemon looks it up).
@@ -1607,9 +1665,11 @@ struct ChargeFacts {
     due_at: DateTime<Utc>,
     attempt: u32,
     prior_declines: u32,
-    tid: Tid,
+    /// Ours on the legacy API, NICEPAY's on v1 (`None` until known).
+    tid: Option<Tid>,
     moid: String,
     amount: i64,
+    committed_at: DateTime<Utc>,
     /// NICEPAY answered "duplicate TID": a lookup counts only if it proves the transaction
     /// is ours.
     duplicate: bool,
@@ -1629,9 +1689,15 @@ fn charge_facts(a: &InFlight, settle: Duration, duplicate: bool) -> ChargeFacts 
         tid: a.tid.clone(),
         moid: a.moid.to_string(),
         amount: a.valid.amount.value(),
+        committed_at: a.committed_at,
         duplicate,
         settles_at: later(a.committed_at, settle),
     }
+}
+
+/// A tid for the log: `-` where none is known yet (v1 before NICEPAY answers).
+fn shown(tid: Option<&Tid>) -> &str {
+    tid.map_or("-", Tid::as_str)
 }
 
 fn state_of(settled: Settled) -> ChargeState {

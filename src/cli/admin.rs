@@ -868,7 +868,7 @@ fn charges_table(rows: &[ChargeRow], tz: Tz) -> Table {
             r.cycle.to_string(),
             r.attempt.to_string(),
             r.moid.clone(),
-            r.tid.clone(),
+            r.tid.clone().unwrap_or_else(|| "-".into()),
             krw(r.amount),
             r.state.clone(),
             result,
@@ -889,7 +889,7 @@ struct DoubleCharge {
     amount: i64,
     /// The attempt found approved late (state `double`).
     charge_id: i64,
-    tid: String,
+    tid: Option<String>,
     moid: String,
     /// The cycle's recorded approval.
     approved_charge_id: Option<i64>,
@@ -924,7 +924,7 @@ async fn list_doubles(config_path: &Path, args: DoublesArgs) -> Result<(), CliEr
             tid: d.tid,
             moid: d.moid,
             approved_charge_id: approved.as_ref().map(|a| a.id),
-            approved_tid: approved.as_ref().map(|a| a.tid.clone()),
+            approved_tid: approved.as_ref().and_then(|a| a.tid.clone()),
             approved_moid: approved.map(|a| a.moid),
             found_at: d.resolved_at.or(d.last_lookup_at),
         });
@@ -951,7 +951,7 @@ async fn list_doubles(config_path: &Path, args: DoublesArgs) -> Result<(), CliEr
             d.subscription_id.to_string(),
             or_dash(d.external_id.clone()),
             d.cycle.to_string(),
-            d.tid.clone(),
+            d.tid.clone().unwrap_or_else(|| "-".into()),
             or_dash(d.approved_tid.clone()),
             krw(d.amount),
             local_opt(d.found_at, tz, SECONDS),

@@ -426,7 +426,7 @@ async fn measure(
     let store = open(url, 8).await?;
     store.migrate().await.map_err(|e| fail("migrations", e))?;
     let clock: crate::clock::SharedClock = Arc::new(SystemClock);
-    let client = Arc::new(sim_client(sim_url, clock.clone())?);
+    let client = sim_client(sim_url, clock.clone())?;
     let bids = issue_billkeys(&client).await?;
     let batch = args.batch.unwrap_or(concurrency as i64 * 2);
     let now = clock.now();

@@ -387,7 +387,8 @@ pub async fn charge_now(config_path: &Path, args: ChargeNowArgs) -> Result<(), C
             result_msg,
         } => {
             let line = format!(
-                "subscription {id} cycle {cycle}: {state} Moid={moid} TID={tid} ResultCode={} ResultMsg={:?}",
+                "subscription {id} cycle {cycle}: {state} Moid={moid} TID={} ResultCode={} ResultMsg={:?}",
+                tid.as_ref().map_or("-", |t| t.as_str()),
                 result_code.as_deref().unwrap_or("-"),
                 result_msg.as_deref().unwrap_or("")
             );

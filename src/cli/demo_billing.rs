@@ -161,9 +161,8 @@ async fn simulate(
     settings.connect_timeout = Duration::from_secs(2);
     settings.read_timeout = Duration::from_secs(5);
     let shared_clock: crate::clock::SharedClock = Arc::new(clock.clone());
-    let client = Arc::new(
-        NicepayClient::new(settings, shared_clock.clone()).map_err(|e| fail("client", e))?,
-    );
+    let client =
+        NicepayClient::new(settings, shared_clock.clone()).map_err(|e| fail("client", e))?;
 
     println!("nicebill demo: {months} months of billing, simulated on a fast clock");
     println!("  database   {url} (temporary)");

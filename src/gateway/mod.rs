@@ -6,6 +6,9 @@ use serde::Serialize;
 
 pub mod nicepay;
 pub mod nicepay_v1;
+mod seam;
+
+pub use seam::{ApiKind, AttemptRef, ChargeRequest, Gateway, TidFor};
 
 /// What an answer (or the lack of one) means for the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -191,13 +191,13 @@ macro_rules! prepared_for {
 prepared_for!(diesel::sqlite::Sqlite);
 prepared_for!(diesel::pg::Pg);
 
-/// What the statements return: a row id and, for inserts, the TID.
+/// What the statements return: a row id and, for inserts, the order id (Moid).
 #[derive(QueryableByName)]
 struct Returned {
     #[diesel(sql_type = BigInt)]
     id: i64,
     #[diesel(sql_type = Nullable<Text>)]
-    tid: Option<String>,
+    key: Option<String>,
 }
 
 /// Bookkeeping of a batch of attempts just committed: applied only to rows this owner still
@@ -247,12 +247,12 @@ fn start_bookkeeping_chunk(
     .param(Value::Ts(Some(now)))
     .push(" FROM v WHERE billing_state.subscription_id = v.id AND billing_state.claimed_by = ")
     .param(Value::Text(Some(owner.to_owned())))
-    .push(" RETURNING billing_state.subscription_id AS id, NULL AS tid");
+    .push(" RETURNING billing_state.subscription_id AS id, NULL AS key");
     Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
 }
 
 /// Inserts a batch of charges in one statement; a row a unique index refuses is skipped.
-/// Returns TID → id of the rows inserted.
+/// Returns Moid → id of the rows inserted.
 pub(super) fn insert_charges(
     c: &mut AnyConnection,
     rows: &[NewCharge],
@@ -274,7 +274,7 @@ fn insert_charges_chunk(
     let mut sql = Sql::new(c);
     sql.push(
         "INSERT INTO charges (subscription_id, cycle, attempt, moid, tid, amount, bid, state, \
-         check_after, created_at) VALUES ",
+         check_after, created_at, api) VALUES ",
     );
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
@@ -285,19 +285,20 @@ fn insert_charges_chunk(
             Value::I32(r.cycle),
             Value::I32(r.attempt),
             Value::Text(Some(r.moid.clone())),
-            Value::Text(Some(r.tid.clone())),
+            Value::Text(r.tid.clone()),
             Value::I64(r.amount),
             Value::Text(r.bid.clone()),
             Value::Text(Some(r.state.clone())),
             Value::Ts(r.check_after),
             Value::Ts(Some(r.created_at)),
+            Value::Text(Some(r.api.clone())),
         ]);
     }
-    sql.push(" ON CONFLICT DO NOTHING RETURNING id, tid");
+    sql.push(" ON CONFLICT DO NOTHING RETURNING id, moid AS key");
     Ok(sql
         .load_ids(c)?
         .into_iter()
-        .filter_map(|r| r.tid.map(|t| (t, r.id)))
+        .filter_map(|r| r.key.map(|moid| (moid, r.id)))
         .collect())
 }
 
@@ -322,7 +323,7 @@ pub(super) fn update_charges(
     sql.push(
         "WITH v(id, state, result_code, result_msg, auth_code, auth_date, card_no, \
          error_class, error, lookups, check_after, resolved_at, late_check_at, \
-         last_lookup_at) AS (VALUES ",
+         last_lookup_at, tid) AS (VALUES ",
     );
     for (i, u) in rows.iter().enumerate() {
         if i > 0 {
@@ -344,6 +345,7 @@ pub(super) fn update_charges(
             Value::Ts(u.resolved_at),
             Value::Ts(r.late_check_at.map(|t| t.naive_utc())),
             Value::Ts(u.last_lookup_at),
+            Value::Text(r.tid.clone()),
         ]);
     }
     sql.push(
@@ -352,9 +354,10 @@ pub(super) fn update_charges(
          card_no = v.card_no, error_class = v.error_class, error = v.error, \
          lookups = v.lookups, check_after = v.check_after, resolved_at = v.resolved_at, \
          late_check_at = v.late_check_at, \
-         last_lookup_at = COALESCE(v.last_lookup_at, charges.last_lookup_at) \
+         last_lookup_at = COALESCE(v.last_lookup_at, charges.last_lookup_at), \
+         tid = COALESCE(charges.tid, v.tid) \
          FROM v WHERE charges.id = v.id AND charges.state IN ('pending', 'unknown') \
-         RETURNING charges.id AS id, NULL AS tid",
+         RETURNING charges.id AS id, NULL AS key",
     );
     Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
 }
@@ -416,7 +419,7 @@ pub(super) fn advance_subscriptions(
     sql.push("updated_at = ").param(Value::Ts(Some(now))).push(
         " FROM v WHERE billing_state.subscription_id = v.id \
              AND billing_state.next_cycle = v.on_cycle \
-             RETURNING billing_state.subscription_id AS id, NULL AS tid",
+             RETURNING billing_state.subscription_id AS id, NULL AS key",
     );
     Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
 }
@@ -444,7 +447,7 @@ pub(super) fn set_notice_plans(
             ") UPDATE billing_state SET notice_cycle = billing_state.next_cycle, \
              notice_due = billing_state.next_charge_at, notice_lead = v.lead, notice_at = v.at \
              FROM v WHERE billing_state.subscription_id = v.id \
-             RETURNING billing_state.subscription_id AS id, NULL AS tid",
+             RETURNING billing_state.subscription_id AS id, NULL AS key",
         );
         sql.load_ids(c)?;
     }

@@ -349,6 +349,9 @@ pub struct ChargeResult {
     /// For a `not_charged` concluded from "not found": when to look once more.
     pub late_check_at: Option<DateTime<Utc>>,
     pub lookups: i32,
+    /// NICEPAY's tid learnt with the outcome (v1, where NICEPAY makes it): stored when the
+    /// charge has none yet, never replacing one.
+    pub tid: Option<String>,
 }
 
 impl ChargeResult {
@@ -365,6 +368,7 @@ impl ChargeResult {
             check_after: None,
             late_check_at: None,
             lookups: 0,
+            tid: None,
         }
     }
 }
@@ -710,5 +714,124 @@ mod tests {
             super::with_default_sslmode("postgres://nb@db.example.com/nb", true),
             "postgres://nb@db.example.com/nb"
         );
+    }
+}
+
+/// The v1 migration rebuilds SQLite's `charges` table: rows, their ids and every rule the
+/// indexes enforce must come through; PostgreSQL only drops a NOT NULL.
+#[cfg(test)]
+mod v1_migration {
+    use diesel::connection::SimpleConnection;
+    use diesel::migration::MigrationSource;
+    use diesel::prelude::*;
+    use diesel::sqlite::{Sqlite, SqliteConnection};
+    use diesel_migrations::MigrationHarness;
+
+    use super::SQLITE_MIGRATIONS;
+
+    #[test]
+    fn sqlite_charges_keep_their_rows_and_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nb.sqlite");
+        let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        c.batch_execute("PRAGMA foreign_keys = ON").unwrap();
+        let all = MigrationSource::<Sqlite>::migrations(&SQLITE_MIGRATIONS).unwrap();
+        let (last, earlier) = all.split_last().unwrap();
+        assert!(last.name().to_string().ends_with("_v1"), "{}", last.name());
+        for _ in earlier {
+            c.run_next_migration(SQLITE_MIGRATIONS).unwrap();
+        }
+        c.batch_execute(
+            "INSERT INTO subscriptions (id, external_id, bid, amount, goods_name, anchor_at) \
+             VALUES (1, 'm-1', 'BIKYnictest04m0001', 5000, 'plan', '2026-01-01 00:00:00');
+             INSERT INTO charges (id, subscription_id, cycle, attempt, moid, tid, amount, state, \
+             created_at, bid) VALUES \
+             (7, 1, 1, 1, 'S1-C1-A1', 'nictest04m01162601010000000001', 5000, 'approved', \
+              '2026-01-01 00:00:00', 'BIKYnictest04m0001'), \
+             (9, 1, 2, 1, 'S1-C2-A1', 'nictest04m01162602010000000001', 5000, 'unknown', \
+              '2026-02-01 00:00:00', 'BIKYnictest04m0001');",
+        )
+        .unwrap();
+        c.run_pending_migrations(SQLITE_MIGRATIONS).unwrap();
+
+        #[derive(QueryableByName, Debug, PartialEq)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            tid: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            api: String,
+        }
+        let rows: Vec<Row> = diesel::sql_query("SELECT id, tid, api FROM charges ORDER BY id")
+            .load(&mut c)
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                Row {
+                    id: 7,
+                    tid: Some("nictest04m01162601010000000001".into()),
+                    api: "webapi".into()
+                },
+                Row {
+                    id: 9,
+                    tid: Some("nictest04m01162602010000000001".into()),
+                    api: "webapi".into()
+                },
+            ]
+        );
+        let insert = |c: &mut SqliteConnection, moid: &str, cycle: i32, tid: &str, api: &str| {
+            c.batch_execute(&format!(
+                "INSERT INTO charges (subscription_id, cycle, attempt, moid, tid, amount, state, \
+                 created_at, api) VALUES (1, {cycle}, 9, '{moid}', {tid}, 5000, 'declined', \
+                 '2026-03-01 00:00:00', '{api}')"
+            ))
+        };
+        // A v1 attempt has no tid until NICEPAY answers; several may be without one.
+        insert(&mut c, "S1-C3-A9", 3, "NULL", "v1").unwrap();
+        insert(&mut c, "S1-C4-A9", 4, "NULL", "v1").unwrap();
+        // A web API attempt always has one; an API we do not know is refused.
+        assert!(insert(&mut c, "S1-C5-A9", 5, "NULL", "webapi").is_err());
+        assert!(insert(&mut c, "S1-C5-A9", 5, "'T5'", "v2").is_err());
+        // Moids and tids stay unique.
+        assert!(insert(&mut c, "S1-C1-A1", 6, "'T6'", "v1").is_err());
+        assert!(
+            insert(
+                &mut c,
+                "S1-C6-A9",
+                6,
+                "'nictest04m01162601010000000001'",
+                "v1"
+            )
+            .is_err()
+        );
+        // One live attempt per cycle, one unresolved per subscription.
+        assert!(
+            c.batch_execute(
+                "INSERT INTO charges (subscription_id, cycle, attempt, moid, amount, state, \
+                 created_at, api) VALUES (1, 1, 2, 'S1-C1-A2', 5000, 'pending', \
+                 '2026-03-01 00:00:00', 'v1')"
+            )
+            .is_err()
+        );
+        assert!(
+            c.batch_execute(
+                "INSERT INTO charges (subscription_id, cycle, attempt, moid, amount, state, \
+                 created_at, api) VALUES (1, 8, 1, 'S1-C8-A1', 5000, 'pending', \
+                 '2026-03-01 00:00:00', 'v1')"
+            )
+            .is_err()
+        );
+        // New ids continue after the old ones.
+        #[derive(QueryableByName)]
+        struct Max {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+        }
+        let max: Max = diesel::sql_query("SELECT MIN(id) AS id FROM charges WHERE api = 'v1'")
+            .get_result(&mut c)
+            .unwrap();
+        assert!(max.id > 9, "{}", max.id);
     }
 }

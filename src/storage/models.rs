@@ -126,7 +126,9 @@ pub struct ChargeRow {
     pub cycle: i32,
     pub attempt: i32,
     pub moid: String,
-    pub tid: String,
+    /// NICEPAY's transaction id. On the legacy API we make it and store it before sending; on
+    /// v1 NICEPAY makes it, and it is written with the outcome (`None` until then).
+    pub tid: Option<String>,
     pub amount: i64,
     pub state: String,
     pub result_code: Option<String>,
@@ -143,6 +145,19 @@ pub struct ChargeRow {
     pub bid: Option<String>,
     pub late_check_at: Option<NaiveDateTime>,
     pub last_lookup_at: Option<NaiveDateTime>,
+    /// The API the attempt went out on (`webapi` or `v1`): it can only be looked up there.
+    pub api: String,
+}
+
+impl ChargeRow {
+    /// The charge as NICEPAY knows it, for messages: `TID …`, or on v1 before NICEPAY told its
+    /// tid, `order …` (the orderId).
+    pub fn label(&self) -> String {
+        match &self.tid {
+            Some(tid) => format!("TID {tid}"),
+            None => format!("order {}", self.moid),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -152,12 +167,13 @@ pub struct NewCharge {
     pub cycle: i32,
     pub attempt: i32,
     pub moid: String,
-    pub tid: String,
+    pub tid: Option<String>,
     pub amount: i64,
     pub bid: Option<String>,
     pub state: String,
     pub check_after: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
+    pub api: String,
 }
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]

@@ -207,7 +207,7 @@ pub(super) fn for_events(
             else {
                 continue;
             };
-            let tids: Vec<String> = charges::table
+            let tids: Vec<Option<String>> = charges::table
                 .filter(charges::subscription_id.eq(row.subscription_id))
                 .filter(charges::cycle.eq(row.cycle))
                 .filter(

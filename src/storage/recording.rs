@@ -22,7 +22,7 @@ use crate::billing::model::{
 use crate::schedule::Cycle;
 
 /// An attempt the database accepted: its index in the request, charge id and TID.
-pub type Started = (usize, ChargeId, String);
+pub type Started = (usize, ChargeId, Option<String>);
 
 /// What a late lookup of a `not_charged` attempt found.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ pub enum LateFinding {
         result_code: String,
         auth_code: Option<String>,
         auth_date: Option<String>,
+        /// NICEPAY's tid (v1: the charge may not have one stored yet).
+        tid: Option<String>,
     },
     /// The lookup failed, or may not conclude yet: look again at `at`.
     Again { at: DateTime<Utc>, why: String },
@@ -77,13 +79,16 @@ impl Store {
     /// that had fallen behind an approval moves on). A TID that collides with one already
     /// stored is replaced by `new_tid(NewTid::AfterCollision)`, a few times; an attempt whose
     /// TIDs all collide is not committed, its claim is released and a warning names it.
+    /// `new_tid` gives `None` where NICEPAY makes the tid (v1): such an attempt is committed
+    /// with its order id alone. `api` names the API the attempts go out on.
     pub async fn start_attempts(
         &self,
         owner: &str,
         now: DateTime<Utc>,
         attempts: Vec<StartAttempt>,
         leads: &NoticeLeads,
-        new_tid: impl Fn(NewTid) -> String + Send + Sync + 'static,
+        api: &'static str,
+        new_tid: impl Fn(NewTid) -> Option<String> + Send + Sync + 'static,
     ) -> Result<Vec<Started>, StoreError> {
         let owner = owner.to_owned();
         let leads = leads.clone();
@@ -160,6 +165,7 @@ impl Store {
                                 state: ChargeState::Pending.as_str().into(),
                                 check_after: Some(naive(a.check_after)),
                                 created_at: now,
+                                api: api.to_owned(),
                             },
                         )
                     })
@@ -176,15 +182,18 @@ impl Store {
                     let inserted = batch::insert_charges(c, &rows)?;
                     let mut again = Vec::new();
                     for (i, mut new) in pending {
-                        if let Some(id) = inserted.get(&new.tid) {
+                        if let Some(id) = inserted.get(&new.moid) {
                             evs.extend(attempts[i].events.iter().cloned());
                             started.push((i, ChargeId(*id), new.tid));
                             continue;
                         }
-                        let tid_taken: i64 = charges::table
-                            .filter(charges::tid.eq(&new.tid))
-                            .count()
-                            .get_result(c)?;
+                        let tid_taken: i64 = match &new.tid {
+                            Some(tid) => charges::table
+                                .filter(charges::tid.eq(tid))
+                                .count()
+                                .get_result(c)?,
+                            None => 0,
+                        };
                         if tid_taken == 0 {
                             refused.push(i);
                             continue;
@@ -447,8 +456,8 @@ impl Store {
                                 sub,
                                 EventKind::ChargeCancelled,
                                 format!(
-                                    "cycle {} TID {}: found approved and cancelled by a late lookup; not approved now",
-                                    charge.cycle, charge.tid
+                                    "cycle {} {}: found approved and cancelled by a late lookup; not approved now",
+                                    charge.cycle, charge.label()
                                 ),
                             )
                         }],
@@ -459,7 +468,18 @@ impl Store {
                     result_code,
                     auth_code,
                     auth_date,
+                    tid,
                 } => {
+                    if charge.tid.is_none() && tid.is_some() {
+                        diesel::update(charges::table.find(id))
+                            .filter(charges::tid.is_null())
+                            .set(charges::tid.eq(&tid))
+                            .execute(c)?;
+                    }
+                    let charge = ChargeRow {
+                        tid: charge.tid.clone().or(tid.clone()),
+                        ..charge.clone()
+                    };
                     let others: Vec<ChargeRow> = charges::table
                         .filter(charges::subscription_id.eq(charge.subscription_id))
                         .filter(charges::cycle.eq(charge.cycle))
@@ -488,7 +508,7 @@ impl Store {
                                 charges::state.eq(ChargeState::Double.as_str()),
                                 charges::result_msg.eq(Some(format!(
                                     "approved at NICEPAY (late status lookup) although {} was approved for this cycle: double charge",
-                                    approved.tid
+                                    approved.label()
                                 ))),
                             ))
                             .execute(c)?;
@@ -501,14 +521,14 @@ impl Store {
                                     sub,
                                     EventKind::DoubleCharge,
                                     format!(
-                                        "cycle {} charged twice: TIDs {} and {} ({} KRW each); refund one with `nicebill refund`",
-                                        charge.cycle, approved.tid, charge.tid, charge.amount
+                                        "cycle {} charged twice: {} and {} ({} KRW each); refund one with `nicebill refund`",
+                                        charge.cycle, approved.label(), charge.label(), charge.amount
                                     ),
                                 )
                             }],
                         )?;
                         return Ok(LateRecorded::Double {
-                            other_tid: approved.tid.clone(),
+                            other_tid: approved.tid.clone().unwrap_or_else(|| approved.label()),
                         });
                     }
                     if !others.is_empty() {
@@ -564,8 +584,8 @@ impl Store {
                                 sub,
                                 EventKind::ApprovedLate,
                                 format!(
-                                    "cycle {} TID {}: concluded not charged, but a late lookup found it approved; recorded as the cycle's charge",
-                                    charge.cycle, charge.tid
+                                    "cycle {} {}: concluded not charged, but a late lookup found it approved; recorded as the cycle's charge",
+                                    charge.cycle, charge.label()
                                 ),
                             )
                         }],

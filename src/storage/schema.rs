@@ -66,7 +66,7 @@ diesel::table! {
         cycle -> Integer,
         attempt -> Integer,
         moid -> Text,
-        tid -> Text,
+        tid -> Nullable<Text>,
         amount -> BigInt,
         state -> Text,
         result_code -> Nullable<Text>,
@@ -83,6 +83,7 @@ diesel::table! {
         bid -> Nullable<Text>,
         late_check_at -> Nullable<Timestamp>,
         last_lookup_at -> Nullable<Timestamp>,
+        api -> Text,
     }
 }
 

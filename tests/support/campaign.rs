@@ -414,8 +414,11 @@ pub async fn verdict_findings(store: &Store, ledger: &[LedgerEntry]) -> (Vec<Str
     for c in &charges {
         if c.state == "pending" || c.state == "unknown" {
             failures.push(format!(
-                "attempt {} ({}, TID {}) left {}",
-                c.id, c.moid, c.tid, c.state
+                "attempt {} ({}, {}) left {}",
+                c.id,
+                c.moid,
+                c.label(),
+                c.state
             ));
         }
         if parse_moid(&c.moid) != Some((c.subscription_id, c.cycle, c.attempt)) {
@@ -466,7 +469,10 @@ pub async fn verdict_findings(store: &Store, ledger: &[LedgerEntry]) -> (Vec<Str
 
     // Every ledger TID recorded as approved, same Moid and amount; and nothing approved in
     // the database that the gateway did not approve.
-    let by_tid: HashMap<&str, _> = charges.iter().map(|c| (c.tid.as_str(), c)).collect();
+    let by_tid: HashMap<&str, _> = charges
+        .iter()
+        .filter_map(|c| Some((c.tid.as_deref()?, c)))
+        .collect();
     let ledger_tids: HashSet<&str> = ledger.iter().map(|e| e.tid.as_str()).collect();
     for e in ledger {
         match by_tid.get(e.tid.as_str()) {
@@ -488,10 +494,12 @@ pub async fn verdict_findings(store: &Store, ledger: &[LedgerEntry]) -> (Vec<Str
         }
     }
     for c in charges.iter().filter(|c| c.state == "approved") {
-        if !ledger_tids.contains(c.tid.as_str()) {
+        if !c.tid.as_deref().is_some_and(|t| ledger_tids.contains(t)) {
             failures.push(format!(
-                "attempt {} ({}, TID {}) recorded approved, but the gateway has no such approval",
-                c.id, c.moid, c.tid
+                "attempt {} ({}, {}) recorded approved, but the gateway has no such approval",
+                c.id,
+                c.moid,
+                c.label()
             ));
         }
     }

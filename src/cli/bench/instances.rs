@@ -670,7 +670,7 @@ async fn verdict(
         .iter()
         .filter(|c| !db_cycles.insert((c.subscription_id, c.cycle)))
         .count();
-    let tids: HashSet<&str> = approved.iter().map(|c| c.tid.as_str()).collect();
+    let tids: HashSet<&str> = approved.iter().filter_map(|c| c.tid.as_deref()).collect();
     let ledger_unrecorded = entries
         .iter()
         .filter(|e| !tids.contains(e.tid.as_str()))

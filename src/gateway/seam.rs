@@ -1,0 +1,190 @@
+//! The one gateway the engine, the daemon and the operator commands hold: NICEPAY's legacy web
+//! API or its REST API (v1), chosen in the configuration (`[nicepay] api`).
+//!
+//! The engine asks four things of it: a key to store before sending (the legacy API's TID, which
+//! we make; none on v1, where NICEPAY makes the tid and the order id is the key), an approval,
+//! the truth about an attempt whose answer was lost ([`Gateway::look_up`]) and a billkey removal.
+//! Answers come back in one vocabulary ([`Reply`], [`Approval`], [`TxStatus`], [`Class`]),
+//! whichever API made them.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+use super::nicepay::{
+    Approval, ApproveRequest, BillkeyRemoved, Buyer, CallError, NicepayClient, Reply, TxStatus,
+};
+use crate::domain::{Bid, FieldError, Krw, Moid, Tid};
+
+/// Which of NICEPAY's APIs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKind {
+    /// The legacy web API (`webapi.nicepay.co.kr`, form posts in EUC-KR, MID + merchant key).
+    #[default]
+    Webapi,
+    /// The REST API (`api.nicepay.co.kr/v1`, JSON, client key + secret key).
+    V1,
+}
+
+impl ApiKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::Webapi => "webapi",
+            ApiKind::V1 => "v1",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ApiKind> {
+        match text {
+            "webapi" => Some(ApiKind::Webapi),
+            "v1" => Some(ApiKind::V1),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the engine asks for a TID (legacy API only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TidFor {
+    First,
+    /// The TID offered before was already stored by another instance.
+    AfterCollision,
+}
+
+/// One charge attempt, as committed before sending.
+#[derive(Clone, Debug)]
+pub struct ChargeRequest {
+    pub bid: Bid,
+    /// The legacy API's TID (ours, stored before sending); `None` on v1.
+    pub tid: Option<Tid>,
+    /// The order id: the Moid on the legacy API, the `orderId` (the idempotency key) on v1.
+    pub moid: Moid,
+    pub amount: Krw,
+    pub goods_name: String,
+    pub card_quota: String,
+    pub interest_free: bool,
+    pub buyer: Buyer,
+}
+
+/// A stored attempt to find out about.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptRef<'a> {
+    pub tid: Option<&'a Tid>,
+    pub moid: &'a str,
+    pub amount: i64,
+    /// When the attempt was committed (it was sent no later than its send window after):
+    /// v1's lookup date and netcancel window are counted from it.
+    pub committed_at: DateTime<Utc>,
+}
+
+/// NICEPAY, through one API or the other.
+#[derive(Debug)]
+pub enum Gateway {
+    Webapi(Arc<NicepayClient>),
+}
+
+impl From<Arc<NicepayClient>> for Gateway {
+    fn from(client: Arc<NicepayClient>) -> Self {
+        Gateway::Webapi(client)
+    }
+}
+
+impl From<NicepayClient> for Gateway {
+    fn from(client: NicepayClient) -> Self {
+        Gateway::Webapi(Arc::new(client))
+    }
+}
+
+impl Gateway {
+    pub fn api(&self) -> ApiKind {
+        match self {
+            Gateway::Webapi(_) => ApiKind::Webapi,
+        }
+    }
+
+    /// The result code recorded for an approval found by a lookup (which carries none).
+    pub fn approval_code(&self) -> &'static str {
+        match self {
+            Gateway::Webapi(_) => super::nicepay::codes::CARD_APPROVED,
+        }
+    }
+
+    /// The key stored with an attempt before it is sent: a fresh TID on the legacy API.
+    pub fn new_tid(&self, why: TidFor) -> Option<Tid> {
+        match self {
+            Gateway::Webapi(c) => Some(match why {
+                TidFor::First => c.new_tid(),
+                TidFor::AfterCollision => c.new_tid_after_collision(),
+            }),
+        }
+    }
+
+    /// Sends an approval no later than `send_by` (a wait for the request rate that would end
+    /// later gives up with nothing sent).
+    pub async fn approve_by(
+        &self,
+        req: &ChargeRequest,
+        send_by: Option<Instant>,
+    ) -> Result<Reply<Approval>, CallError> {
+        match self {
+            Gateway::Webapi(c) => {
+                let Some(tid) = req.tid.clone() else {
+                    return Err(
+                        FieldError::new("TID", "an attempt on the web API needs its TID").into(),
+                    );
+                };
+                let request = ApproveRequest {
+                    bid: req.bid.clone(),
+                    tid,
+                    moid: req.moid.clone(),
+                    amount: req.amount,
+                    goods_name: req.goods_name.clone(),
+                    card_quota: req.card_quota.clone(),
+                    interest_free: req.interest_free,
+                    buyer: req.buyer.clone(),
+                    mall_reserved: None,
+                };
+                c.approve_by(&request, send_by).await
+            }
+        }
+    }
+
+    /// What became of an attempt. `data` is what NICEPAY holds under it ([`TxStatus::state`],
+    /// and whose it is: [`TxStatus::matches`]); an answer without `data` is a failed lookup.
+    pub async fn look_up(&self, attempt: &AttemptRef<'_>) -> Result<Reply<TxStatus>, CallError> {
+        match self {
+            Gateway::Webapi(c) => match attempt.tid {
+                Some(tid) => c.status(tid).await,
+                None => {
+                    Err(FieldError::new("TID", "an attempt on the web API needs its TID").into())
+                }
+            },
+        }
+    }
+
+    pub async fn remove_billkey(
+        &self,
+        bid: &Bid,
+        moid: &Moid,
+    ) -> Result<Reply<BillkeyRemoved>, CallError> {
+        match self {
+            Gateway::Webapi(c) => c.remove_billkey(bid, moid).await,
+        }
+    }
+
+    /// The legacy client, for the operator commands that have no v1 form yet.
+    pub fn webapi(&self) -> Option<&NicepayClient> {
+        match self {
+            Gateway::Webapi(c) => Some(c),
+        }
+    }
+}
