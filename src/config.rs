@@ -10,7 +10,13 @@ use crate::billing::engine::EngineSettings;
 use crate::billing::plan::{FinalState, Policy};
 use crate::domain::{FieldError, MerchantKey, Mid};
 use crate::gateway::nicepay::client::BaseUrl;
-use crate::gateway::nicepay::{Charset, ClientSettings, EdiType};
+use crate::gateway::nicepay::{Charset, ClientSettings, EdiType, NicepayClient};
+use crate::gateway::nicepay_v1::crypto::EncMode;
+use crate::gateway::nicepay_v1::{Auth, ClientKey, SecretKey, V1Settings};
+use crate::gateway::{ApiKind, Gateway};
+
+/// The web API's production host.
+const WEBAPI_BASE_URL: &str = "https://webapi.nicepay.co.kr";
 use crate::schedule::{CatchUp, parse_timezone};
 use crate::storage::DbUrl;
 
@@ -35,13 +41,31 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNicepay {
-    mid: String,
+    /// `"webapi"` (default) or `"v1"`.
+    #[serde(default)]
+    api: Option<String>,
+    // The web API's merchant and key.
+    #[serde(default)]
+    mid: Option<String>,
     merchant_key_file: Option<PathBuf>,
     merchant_key_env: Option<String>,
     /// Works, but warns: keys belong in a file or the environment.
     merchant_key: Option<String>,
-    #[serde(default = "default_base_url")]
-    base_url: String,
+    // v1's shop keys and options.
+    #[serde(default)]
+    client_key: Option<String>,
+    secret_key_file: Option<PathBuf>,
+    secret_key_env: Option<String>,
+    /// Works, but warns, like `merchant_key`.
+    secret_key: Option<String>,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    sign_requests: Option<bool>,
+    #[serde(default)]
+    enc_mode: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
     #[serde(default)]
     connect_timeout: Option<String>,
     #[serde(default)]
@@ -55,8 +79,66 @@ struct RawNicepay {
     max_requests_per_second: Option<u32>,
 }
 
-fn default_base_url() -> String {
-    "https://webapi.nicepay.co.kr".to_owned()
+/// `[nicepay]`, validated: which API, and its settings.
+#[derive(Debug, Clone)]
+pub enum NicepayConfig {
+    Webapi(ClientSettings),
+    V1(V1Settings),
+}
+
+impl NicepayConfig {
+    pub fn api(&self) -> ApiKind {
+        match self {
+            NicepayConfig::Webapi(_) => ApiKind::Webapi,
+            NicepayConfig::V1(_) => ApiKind::V1,
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        match self {
+            NicepayConfig::Webapi(s) => s.connect_timeout,
+            NicepayConfig::V1(s) => s.connect_timeout,
+        }
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        match self {
+            NicepayConfig::Webapi(s) => s.read_timeout,
+            NicepayConfig::V1(s) => s.read_timeout,
+        }
+    }
+
+    pub fn max_requests_per_second(&self) -> Option<std::num::NonZeroU32> {
+        match self {
+            NicepayConfig::Webapi(s) => s.max_requests_per_second,
+            NicepayConfig::V1(s) => s.max_requests_per_second,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        match self {
+            NicepayConfig::Webapi(s) => s.base_url.as_str(),
+            NicepayConfig::V1(s) => s.base_url.as_str(),
+        }
+    }
+
+    /// Who we are at NICEPAY, for messages: the MID, or v1's client key (not a secret).
+    pub fn merchant(&self) -> String {
+        match self {
+            NicepayConfig::Webapi(s) => format!("MID {}", s.mid),
+            NicepayConfig::V1(s) => format!("client key {}", s.client_key),
+        }
+    }
+
+    /// The gateway these settings make.
+    pub fn gateway(&self, clock: crate::clock::SharedClock) -> Result<Gateway, String> {
+        match self {
+            NicepayConfig::Webapi(s) => NicepayClient::new(s.clone(), clock)
+                .map(Gateway::from)
+                .map_err(|e| e.to_string()),
+            NicepayConfig::V1(s) => Gateway::v1(s.clone(), clock),
+        }
+    }
 }
 
 /// `[database]` as written in the file.
@@ -238,7 +320,7 @@ pub struct SchedulerConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
-    pub nicepay: ClientSettings,
+    pub nicepay: NicepayConfig,
     pub database: DatabaseConfig,
     pub scheduler: SchedulerConfig,
     pub policy: Policy,
@@ -289,97 +371,9 @@ impl Config {
             key,
             problem,
         };
-        let field = |key: &'static str| move |e: FieldError| invalid(key, e.problem);
 
-        let n = raw.nicepay;
-        let mid = Mid::new(n.mid).map_err(field("nicepay.mid"))?;
-        let key = match (&n.merchant_key_file, &n.merchant_key_env, &n.merchant_key) {
-            (Some(path), None, None) => {
-                let text = read_secret_file("nicepay.merchant_key_file", path, &mut warnings)
-                    .map_err(|(k, p)| invalid(k, p))?;
-                MerchantKey::new(text).map_err(|e| {
-                    invalid(
-                        "nicepay.merchant_key_file",
-                        format!("{}: the key {}", path.display(), e.problem),
-                    )
-                })?
-            }
-            (None, Some(var), None) => {
-                let text = env(var).ok_or_else(|| {
-                    invalid(
-                        "nicepay.merchant_key_env",
-                        format!("environment variable {var} is not set"),
-                    )
-                })?;
-                MerchantKey::new(text).map_err(|e| {
-                    invalid(
-                        "nicepay.merchant_key_env",
-                        format!("${var}: the key {}", e.problem),
-                    )
-                })?
-            }
-            (None, None, Some(inline)) => {
-                warnings.push(format!(
-                    "{}: nicepay.merchant_key is inline; prefer merchant_key_file or merchant_key_env so the key stays out of the config file",
-                    file.display()
-                ));
-                MerchantKey::new(inline.clone()).map_err(field("nicepay.merchant_key"))?
-            }
-            (None, None, None) => {
-                return Err(invalid(
-                    "nicepay.merchant_key_file",
-                    "no merchant key: set one of merchant_key_file, merchant_key_env".into(),
-                ));
-            }
-            _ => {
-                return Err(invalid(
-                    "nicepay.merchant_key_file",
-                    "set only one of merchant_key_file, merchant_key_env, merchant_key".into(),
-                ));
-            }
-        };
-        let base_url = BaseUrl::parse(&n.base_url).map_err(field("nicepay.base_url"))?;
-        let mut settings = ClientSettings::new(base_url, mid, key);
-        let timeout = |range: Range, value: &Option<String>, default: Duration| {
-            range.read(value, default).map_err(|(k, p)| invalid(k, p))
-        };
-        settings.connect_timeout = timeout(
-            CONNECT_TIMEOUT,
-            &n.connect_timeout,
-            settings.connect_timeout,
-        )?;
-        settings.read_timeout = timeout(READ_TIMEOUT, &n.read_timeout, settings.read_timeout)?;
-        if let Some(c) = &n.charset {
-            settings.charset = Charset::parse(c).ok_or_else(|| {
-                invalid(
-                    "nicepay.charset",
-                    format!("{c:?}: expected \"euc-kr\" or \"utf-8\""),
-                )
-            })?;
-        }
-        if let Some(e) = &n.edi_type {
-            settings.edi_type = EdiType::parse(e).ok_or_else(|| {
-                invalid(
-                    "nicepay.edi_type",
-                    format!("{e:?}: expected \"JSON\" or \"KV\""),
-                )
-            })?;
-        }
-        if let Some(rate) = n.max_requests_per_second {
-            settings.max_requests_per_second = Some(
-                std::num::NonZeroU32::new(rate)
-                    .filter(|r| r.get() <= MAX_REQUESTS_PER_SECOND)
-                    .ok_or_else(|| {
-                        invalid(
-                            "nicepay.max_requests_per_second",
-                            format!(
-                                "{rate} is out of range (allowed: 1 to {MAX_REQUESTS_PER_SECOND}; \
-                                 leave it out for no limit)"
-                            ),
-                        )
-                    })?,
-            );
-        }
+        let nicepay =
+            nicepay(raw.nicepay, file, &env, &mut warnings).map_err(|(k, p)| invalid(k, p))?;
         let database = database(&raw.database).map_err(|(k, p)| invalid(k, p))?;
         let (scheduler, policy) =
             scheduling(&raw.scheduler, &raw.retry).map_err(|(k, p)| invalid(k, p))?;
@@ -394,7 +388,7 @@ impl Config {
         };
         Ok(Config {
             file: file.to_owned(),
-            nicepay: settings,
+            nicepay,
             database,
             scheduler,
             policy,
@@ -410,8 +404,8 @@ impl Config {
         let s = &self.scheduler;
         let call = self
             .nicepay
-            .connect_timeout
-            .saturating_add(self.nicepay.read_timeout);
+            .connect_timeout()
+            .saturating_add(self.nicepay.read_timeout());
         let mut e = EngineSettings::new(owner, self.policy.clone(), call);
         e.concurrency = s.concurrency;
         e.batch = s.batch;
@@ -743,6 +737,230 @@ pub fn settle_window(
         .saturating_add(settle_margin)
 }
 
+/// A key read from exactly one of its file, its environment variable or (with a warning) the
+/// config text. `names` are the three keys, `what` how the key is called in messages.
+fn one_secret(
+    what: &str,
+    names: [&'static str; 3],
+    (file_path, var, inline): (&Option<PathBuf>, &Option<String>, &Option<String>),
+    file: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(String, &'static str, String), KeyProblem> {
+    let [file_key, env_key, inline_key] = names;
+    match (file_path, var, inline) {
+        (Some(path), None, None) => Ok((
+            read_secret_file(file_key, path, warnings)?,
+            file_key,
+            format!("{}: ", path.display()),
+        )),
+        (None, Some(var), None) => env(var)
+            .map(|text| (text, env_key, format!("${var}: ")))
+            .ok_or_else(|| (env_key, format!("environment variable {var} is not set"))),
+        (None, None, Some(inline)) => {
+            warnings.push(format!(
+                "{}: {inline_key} is inline; prefer {} or {} so the key stays out of the config file",
+                file.display(),
+                file_key.rsplit('.').next().unwrap_or(file_key),
+                env_key.rsplit('.').next().unwrap_or(env_key),
+            ));
+            Ok((inline.clone(), inline_key, String::new()))
+        }
+        (None, None, None) => Err((
+            file_key,
+            format!(
+                "no {what}: set one of {}, {}",
+                file_key.rsplit('.').next().unwrap_or(file_key),
+                env_key.rsplit('.').next().unwrap_or(env_key)
+            ),
+        )),
+        _ => Err((
+            file_key,
+            format!(
+                "set only one of {}, {}, {}",
+                file_key.rsplit('.').next().unwrap_or(file_key),
+                env_key.rsplit('.').next().unwrap_or(env_key),
+                inline_key.rsplit('.').next().unwrap_or(inline_key)
+            ),
+        )),
+    }
+}
+
+/// `[nicepay]`: the API named by `api`, and only the keys that API uses.
+fn nicepay(
+    n: RawNicepay,
+    file: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<NicepayConfig, KeyProblem> {
+    let api = match n.api.as_deref() {
+        None => ApiKind::Webapi,
+        Some(text) => ApiKind::parse(text).ok_or_else(|| {
+            (
+                "nicepay.api",
+                format!("{text:?}: expected \"webapi\" (the legacy web API) or \"v1\""),
+            )
+        })?,
+    };
+    let not_for = |key: &'static str, set: bool| -> Result<(), KeyProblem> {
+        if set {
+            Err((
+                key,
+                format!(
+                    "is not used with api = \"{api}\" (remove it, or set api = \"{}\")",
+                    match api {
+                        ApiKind::Webapi => "v1",
+                        ApiKind::V1 => "webapi",
+                    }
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let field = |key: &'static str| move |e: FieldError| (key, e.problem);
+    let timeout =
+        |range: Range, value: &Option<String>, default: Duration| range.read(value, default);
+    let rate = match n.max_requests_per_second {
+        None => None,
+        Some(rate) => Some(
+            std::num::NonZeroU32::new(rate)
+                .filter(|r| r.get() <= MAX_REQUESTS_PER_SECOND)
+                .ok_or_else(|| {
+                    (
+                        "nicepay.max_requests_per_second",
+                        format!(
+                            "{rate} is out of range (allowed: 1 to {MAX_REQUESTS_PER_SECOND}; \
+                             leave it out for no limit)"
+                        ),
+                    )
+                })?,
+        ),
+    };
+    match api {
+        ApiKind::Webapi => {
+            not_for("nicepay.client_key", n.client_key.is_some())?;
+            not_for(
+                "nicepay.secret_key_file",
+                n.secret_key_file.is_some() || n.secret_key_env.is_some() || n.secret_key.is_some(),
+            )?;
+            not_for("nicepay.auth", n.auth.is_some())?;
+            not_for("nicepay.sign_requests", n.sign_requests.is_some())?;
+            not_for("nicepay.enc_mode", n.enc_mode.is_some())?;
+            let mid = n.mid.ok_or((
+                "nicepay.mid",
+                "missing: the merchant id NICEPAY issued (10 characters)".to_owned(),
+            ))?;
+            let mid = Mid::new(mid).map_err(field("nicepay.mid"))?;
+            let (text, key, place) = one_secret(
+                "merchant key",
+                [
+                    "nicepay.merchant_key_file",
+                    "nicepay.merchant_key_env",
+                    "nicepay.merchant_key",
+                ],
+                (&n.merchant_key_file, &n.merchant_key_env, &n.merchant_key),
+                file,
+                env,
+                warnings,
+            )?;
+            let key = MerchantKey::new(text)
+                .map_err(|e| (key, format!("{place}the key {}", e.problem)))?;
+            let base_url = BaseUrl::parse(n.base_url.as_deref().unwrap_or(WEBAPI_BASE_URL))
+                .map_err(field("nicepay.base_url"))?;
+            let mut settings = ClientSettings::new(base_url, mid, key);
+            settings.connect_timeout = timeout(
+                CONNECT_TIMEOUT,
+                &n.connect_timeout,
+                settings.connect_timeout,
+            )?;
+            settings.read_timeout = timeout(READ_TIMEOUT, &n.read_timeout, settings.read_timeout)?;
+            if let Some(c) = &n.charset {
+                settings.charset = Charset::parse(c).ok_or_else(|| {
+                    (
+                        "nicepay.charset",
+                        format!("{c:?}: expected \"euc-kr\" or \"utf-8\""),
+                    )
+                })?;
+            }
+            if let Some(e) = &n.edi_type {
+                settings.edi_type = EdiType::parse(e).ok_or_else(|| {
+                    (
+                        "nicepay.edi_type",
+                        format!("{e:?}: expected \"JSON\" or \"KV\""),
+                    )
+                })?;
+            }
+            settings.max_requests_per_second = rate;
+            Ok(NicepayConfig::Webapi(settings))
+        }
+        ApiKind::V1 => {
+            not_for("nicepay.mid", n.mid.is_some())?;
+            not_for(
+                "nicepay.merchant_key_file",
+                n.merchant_key_file.is_some()
+                    || n.merchant_key_env.is_some()
+                    || n.merchant_key.is_some(),
+            )?;
+            not_for("nicepay.charset", n.charset.is_some())?;
+            not_for("nicepay.edi_type", n.edi_type.is_some())?;
+            let client_key = n.client_key.ok_or((
+                "nicepay.client_key",
+                "missing: the client key from the console's 개발정보 (developer info)".to_owned(),
+            ))?;
+            let client_key = ClientKey::new(client_key).map_err(field("nicepay.client_key"))?;
+            let (text, key, place) = one_secret(
+                "secret key",
+                [
+                    "nicepay.secret_key_file",
+                    "nicepay.secret_key_env",
+                    "nicepay.secret_key",
+                ],
+                (&n.secret_key_file, &n.secret_key_env, &n.secret_key),
+                file,
+                env,
+                warnings,
+            )?;
+            let secret =
+                SecretKey::new(text).map_err(|e| (key, format!("{place}the key {}", e.problem)))?;
+            let base_url = BaseUrl::parse(n.base_url.as_deref().unwrap_or(V1Settings::PRODUCTION))
+                .map_err(field("nicepay.base_url"))?;
+            let mut settings = V1Settings::new(base_url, client_key, secret);
+            if let Some(a) = &n.auth {
+                settings.auth = Auth::parse(a).ok_or_else(|| {
+                    (
+                        "nicepay.auth",
+                        format!("{a:?}: expected \"basic\" or \"bearer\""),
+                    )
+                })?;
+            }
+            if let Some(m) = &n.enc_mode {
+                settings.enc_mode = match m.as_str() {
+                    "A2" => EncMode::A2,
+                    "aes128-ecb" => EncMode::Aes128Ecb,
+                    _ => {
+                        return Err((
+                            "nicepay.enc_mode",
+                            format!(
+                                "{m:?}: expected \"A2\" (AES-256-CBC, default) or \"aes128-ecb\""
+                            ),
+                        ));
+                    }
+                };
+            }
+            settings.sign_requests = n.sign_requests.unwrap_or(false);
+            settings.connect_timeout = timeout(
+                CONNECT_TIMEOUT,
+                &n.connect_timeout,
+                settings.connect_timeout,
+            )?;
+            settings.read_timeout = timeout(READ_TIMEOUT, &n.read_timeout, settings.read_timeout)?;
+            settings.max_requests_per_second = rate;
+            Ok(NicepayConfig::V1(settings))
+        }
+    }
+}
+
 fn database(raw: &RawDatabase) -> Result<DatabaseConfig, KeyProblem> {
     let url = DbUrl::parse(raw.url.as_deref().unwrap_or("sqlite://nicebill.db"))
         .map_err(|e| ("database.url", e.problem))?;
@@ -870,7 +1088,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The secrets a config text holds: the value of any `merchant_key` assignment (as written,
+/// The secrets a config text holds: the value of any `merchant_key` or `secret_key` assignment (as written,
 /// quoted or not, terminated or not) and the password of anything URL-like
 /// (`user:password@host`), with the whole value of any line holding one, so that an error
 /// quoting the line quotes none of it.
@@ -887,7 +1105,7 @@ fn secrets_in(text: &str) -> Vec<String> {
         let secret_key = |name: &str| {
             key == name || key.ends_with(&format!(".{name}")) || key.ends_with(&format!("{{{name}"))
         };
-        if secret_key("merchant_key") || secret_key("secret") {
+        if secret_key("merchant_key") || secret_key("secret") || secret_key("secret_key") {
             value_of(value);
         }
         if line.contains('@') {
@@ -994,15 +1212,155 @@ mod tests {
         )
     }
 
+    const V1_SECRET: &str = "4f13ca267dfa4fc6964148bedcda15ef";
+
+    fn parse_v1(nicepay: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            Path::new("test.toml"),
+            &format!("[nicepay]\napi = \"v1\"\n{nicepay}"),
+            |v| (v == "NB_V1").then(|| V1_SECRET.to_owned()),
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn v1_config_takes_its_own_keys_and_defaults() {
+        let c = parse_v1(
+            "client_key = \"S2_af4543a0be4d49a98122e01ec2059a56\"\nsecret_key_env = \"NB_V1\"\nauth = \"bearer\"\n",
+        )
+        .unwrap();
+        let NicepayConfig::V1(v1) = &c.nicepay else {
+            panic!("v1 expected: {:?}", c.nicepay)
+        };
+        assert_eq!(c.nicepay.api(), ApiKind::V1);
+        assert_eq!(v1.base_url.as_str(), "https://api.nicepay.co.kr/");
+        assert_eq!(v1.auth, Auth::Bearer);
+        assert_eq!(v1.enc_mode, EncMode::A2);
+        assert!(!v1.sign_requests);
+        assert_eq!(c.nicepay.connect_timeout(), Duration::from_secs(5));
+        assert_eq!(c.nicepay.read_timeout(), Duration::from_secs(30));
+        assert_eq!(v1.secret_key.expose(), V1_SECRET);
+        assert!(!format!("{c:?}").contains(V1_SECRET));
+        // The sandbox, and the simulator over plain http on loopback.
+        for url in ["https://sandbox-api.nicepay.co.kr", "http://127.0.0.1:8585"] {
+            let c = parse_v1(&format!(
+                "client_key = \"k1\"\nsecret_key_env = \"NB_V1\"\nbase_url = \"{url}\"\n"
+            ))
+            .unwrap();
+            assert!(c.nicepay.base_url().starts_with(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn v1_config_errors_name_the_key() {
+        let keys = "client_key = \"k1\"\nsecret_key_env = \"NB_V1\"\n";
+        for (extra_or_whole, key, says) in [
+            (
+                "mid = \"nictest04m\"\n",
+                "nicepay.mid",
+                "not used with api = \"v1\"",
+            ),
+            ("charset = \"utf-8\"\n", "nicepay.charset", "not used"),
+            (
+                "auth = \"oauth\"\n",
+                "nicepay.auth",
+                "\"basic\" or \"bearer\"",
+            ),
+            ("enc_mode = \"A3\"\n", "nicepay.enc_mode", "A2"),
+            (
+                "base_url = \"http://api.nicepay.co.kr\"\n",
+                "nicepay.base_url",
+                "https",
+            ),
+        ] {
+            let e = parse_v1(&format!("{keys}{extra_or_whole}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(says), "{key}: {e}");
+        }
+        for (whole, key, says) in [
+            (
+                "secret_key_env = \"NB_V1\"\n",
+                "nicepay.client_key",
+                "missing",
+            ),
+            (
+                "client_key = \"k1\"\n",
+                "nicepay.secret_key_file",
+                "no secret key",
+            ),
+            (
+                "client_key = \"k:1\"\nsecret_key_env = \"NB_V1\"\n",
+                "nicepay.client_key",
+                "letters",
+            ),
+            (
+                "client_key = \"k1\"\nsecret_key_env = \"UNSET\"\n",
+                "nicepay.secret_key_env",
+                "not set",
+            ),
+            (
+                "client_key = \"k1\"\nsecret_key = \"short-secret\"\n",
+                "nicepay.secret_key",
+                "32",
+            ),
+            (
+                "client_key = \"k1\"\nsecret_key_env = \"NB_V1\"\nsecret_key = \"x\"\n",
+                "nicepay.secret_key_file",
+                "only one",
+            ),
+        ] {
+            let e = parse_v1(whole).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{key}: {e}");
+            assert!(!e.contains("short-secret"), "{e}");
+        }
+        // A web API config refuses v1's keys, and an unknown API is named.
+        let e = parse(
+            "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_env = \"NB_KEY\"\nclient_key = \"k1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("nicepay.client_key") && e.contains("api = \"webapi\""),
+            "{e}"
+        );
+        let e = parse("[nicepay]\napi = \"v2\"\n").unwrap_err().to_string();
+        assert!(e.contains("nicepay.api") && e.contains("\"v1\""), "{e}");
+    }
+
+    #[test]
+    fn an_inline_v1_secret_warns_and_is_never_quoted() {
+        let c = parse_v1(&format!(
+            "client_key = \"k1\"\nsecret_key = \"{V1_SECRET}\"\n"
+        ))
+        .unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("secret_key is inline")),
+            "{:?}",
+            c.warnings
+        );
+        let e = parse_v1(&format!(
+            "client_key = \"k1\"\nsecret_key = \"{V1_SECRET}\"\nauth = 3\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains(V1_SECRET), "{e}");
+    }
+
     #[test]
     fn good_config() {
         let c = parse(
             "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_env = \"NB_KEY\"\nbase_url = \"http://127.0.0.1:8585\"\nread_timeout = \"3s\"\nedi_type = \"KV\"\n",
         )
         .unwrap();
-        assert_eq!(c.nicepay.read_timeout, Duration::from_secs(3));
-        assert_eq!(c.nicepay.connect_timeout, Duration::from_secs(15));
-        assert_eq!(c.nicepay.edi_type, EdiType::Kv);
+        assert_eq!(c.nicepay.read_timeout(), Duration::from_secs(3));
+        assert_eq!(c.nicepay.connect_timeout(), Duration::from_secs(15));
+        let NicepayConfig::Webapi(w) = &c.nicepay else {
+            panic!("web API expected")
+        };
+        assert_eq!(w.edi_type, EdiType::Kv);
         assert!(c.warnings.is_empty());
         assert!(!format!("{c:?}").contains(&KEY[..16]));
     }
@@ -1252,8 +1610,8 @@ mod tests {
         let s = &c.scheduler;
         let p = &c.policy;
         let mut values = vec![
-            (CONNECT_TIMEOUT, c.nicepay.connect_timeout),
-            (READ_TIMEOUT, c.nicepay.read_timeout),
+            (CONNECT_TIMEOUT, c.nicepay.connect_timeout()),
+            (READ_TIMEOUT, c.nicepay.read_timeout()),
             (LEASE, s.lease),
             (SETTLE_MARGIN, s.settle_margin),
             (REQUEST_ERROR_RETRY, p.request_error_retry),
@@ -1277,7 +1635,7 @@ mod tests {
         let from_code = EngineSettings::new(
             "x".into(),
             Policy::default(),
-            c.nicepay.connect_timeout + c.nicepay.read_timeout,
+            c.nicepay.connect_timeout() + c.nicepay.read_timeout(),
         );
         assert_eq!(format!("{from_config:?}"), format!("{from_code:?}"));
     }
@@ -1418,11 +1776,14 @@ mod tests {
         let env = |v: &str| (v == "NB_KEY").then(|| KEY.to_owned());
         let parse_env = |text: &str| Config::parse(Path::new("test.toml"), text, env, Vec::new());
         assert_eq!(
-            parse_env(head).unwrap().nicepay.max_requests_per_second,
+            parse_env(head).unwrap().nicepay.max_requests_per_second(),
             None
         );
         let c = parse_env(&format!("{head}max_requests_per_second = 50\n")).unwrap();
-        assert_eq!(c.nicepay.max_requests_per_second.map(|n| n.get()), Some(50));
+        assert_eq!(
+            c.nicepay.max_requests_per_second().map(|n| n.get()),
+            Some(50)
+        );
         for bad in ["0", "100001"] {
             let err = parse_env(&format!("{head}max_requests_per_second = {bad}\n"))
                 .unwrap_err()

@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use crate::billing::engine::{Engine, EngineError, EngineSettings, PassReport};
 use crate::clock::{DbClock, SharedClock};
 use crate::config::Config;
-use crate::gateway::nicepay::NicepayClient;
 use crate::health::{self, Health, Observation};
 use crate::storage::{HealthFigures, Store, StoreError};
 
@@ -116,8 +115,10 @@ pub async fn engine(
             (clock.clone(), Some(clock))
         }
     };
-    let client = NicepayClient::new(config.nicepay.clone(), clock.clone())
-        .map_err(|e| DaemonError::Client(e.to_string()))?;
+    let client = config
+        .nicepay
+        .gateway(clock.clone())
+        .map_err(DaemonError::Client)?;
     let settings = config.engine_settings(EngineSettings::default_owner());
     Ok((Engine::new(store, client, clock, settings), db_clock))
 }
@@ -455,7 +456,7 @@ impl HealthWriter {
             stale_after_secs: (interval.as_secs() * 3).max(120),
             delivering_webhooks: config.webhook.url.is_some(),
             webhook_max_age_secs: config.health.webhook_max_age.as_secs(),
-            max_requests_per_second: config.nicepay.max_requests_per_second.map(|n| n.get()),
+            max_requests_per_second: config.nicepay.max_requests_per_second().map(|n| n.get()),
         }
     }
 

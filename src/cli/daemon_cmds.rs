@@ -229,9 +229,10 @@ pub struct CheckConfigArgs {
 pub async fn check_config(config_path: &Path, args: CheckConfigArgs) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
     println!(
-        "ok   configuration {} (MID {})",
+        "ok   configuration {} (NICEPAY {} API, {})",
         config.file.display(),
-        config.nicepay.mid
+        config.nicepay.api(),
+        config.nicepay.merchant()
     );
     for w in &config.warnings {
         println!("warn {w}");
@@ -273,16 +274,24 @@ pub async fn check_config(config_path: &Path, args: CheckConfigArgs) -> Result<(
         }
     }
     if args.gateway {
-        let client = crate::gateway::nicepay::NicepayClient::new(
-            config.nicepay.clone(),
-            Arc::new(SystemClock),
-        )
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-        let probe = client.new_tid();
-        match client.status(&probe).await {
+        let gateway = config
+            .nicepay
+            .gateway(Arc::new(SystemClock))
+            .map_err(CliError::Usage)?;
+        // An authenticated lookup of a transaction that does not exist.
+        let looked = match gateway.new_tid(crate::gateway::TidFor::First) {
+            Some(probe) => gateway.status(&probe).await,
+            None => {
+                let probe = crate::domain::Moid::new("nicebill-check-config")?;
+                gateway
+                    .status_by_order(&probe, crate::clock::Clock::now(&SystemClock))
+                    .await
+            }
+        };
+        match looked {
             Ok(reply) if reply.class == crate::gateway::nicepay::Class::Approved => println!(
                 "ok   NICEPAY {} answered a status lookup ({} {})",
-                config.nicepay.base_url.as_str(),
+                config.nicepay.base_url(),
                 reply.result_code,
                 reply.result_msg
             ),

@@ -12,9 +12,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domain::{Bid, CardDetails, Krw, Moid, Tid};
 use crate::gateway::nicepay::{
-    ApproveRequest, Buyer, CallError, CancelRequest, Class, IssueRequest, NicepayClient, Reply,
-    check_goods_name,
+    Buyer, CallError, CancelRequest, Class, IssueRequest, Reply, check_goods_name,
 };
+use crate::gateway::{ApiKind, ChargeRequest, Gateway, TidFor};
 
 #[derive(Debug, clap::Args)]
 pub struct IssueArgs {
@@ -78,18 +78,28 @@ pub struct RefundArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    pub tid: Tid,
+    /// The transaction's TID.
+    #[arg(required_unless_present = "order_id", conflicts_with = "order_id")]
+    pub tid: Option<Tid>,
+    /// Look the transaction up by its order id instead (v1 only).
+    #[arg(long)]
+    pub order_id: Option<Moid>,
+    /// With --order-id: the day the order was sent, YYYY-MM-DD in Korea time (default: today).
+    #[arg(long, requires = "order_id")]
+    pub date: Option<chrono::NaiveDate>,
     #[arg(long)]
     pub json: bool,
 }
 
-fn client(config_path: &Path) -> Result<NicepayClient, CliError> {
+fn gateway(config_path: &Path) -> Result<Gateway, CliError> {
     let config = Config::load(config_path)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    NicepayClient::new(config.nicepay, Arc::new(SystemClock))
-        .map_err(|e| CliError::Usage(e.to_string()))
+    config
+        .nicepay
+        .gateway(Arc::new(SystemClock))
+        .map_err(CliError::Usage)
 }
 
 fn amount(field: &'static str, text: &str) -> Result<Krw, CliError> {
@@ -109,7 +119,10 @@ fn generated_moid(prefix: &str) -> Moid {
 
 #[derive(Serialize)]
 struct JsonReply<'a, T: Serialize> {
-    api: &'static str,
+    /// Which of NICEPAY's APIs answered: `webapi` or `v1`.
+    api: ApiKind,
+    /// Which call: `approve`, `cancel`, `status`, `billkey_issue`, `billkey_remove`.
+    call: &'static str,
     result_code: &'a str,
     result_msg: &'a str,
     class: Class,
@@ -120,6 +133,7 @@ struct JsonReply<'a, T: Serialize> {
 /// Prints the reply (JSON to stdout when asked) and turns a non-success into an error whose
 /// one line carries ResultCode, ResultMsg and what to do.
 fn conclude<T: Serialize>(
+    api: ApiKind,
     result: Result<Reply<T>, CallError>,
     json: bool,
     context: &str,
@@ -138,7 +152,8 @@ fn conclude<T: Serialize>(
     };
     if json {
         let out = JsonReply {
-            api: reply.api.as_str(),
+            api,
+            call: reply.api.as_str(),
             result_code: &reply.result_code,
             result_msg: &reply.result_msg,
             class: reply.class,
@@ -207,7 +222,7 @@ fn read_card() -> Result<CardDetails, CliError> {
 
 pub async fn issue(config: &Path, args: IssueArgs) -> Result<(), CliError> {
     let card = read_card()?;
-    let client = client(config)?;
+    let gateway = gateway(config)?;
     let moid = args.moid.unwrap_or_else(|| generated_moid("billkey"));
     let request = IssueRequest {
         moid,
@@ -217,40 +232,45 @@ pub async fn issue(config: &Path, args: IssueArgs) -> Result<(), CliError> {
             ..Buyer::default()
         },
     };
-    let result = client.issue_billkey(&request).await;
-    conclude(result, args.json, "billkey issue", |d| {
+    let result = gateway.issue_billkey(&request).await;
+    conclude(gateway.api(), result, args.json, "billkey issue", |d| {
         println!("{}", d.bid)
     })
 }
 
 pub async fn remove(config: &Path, args: RemoveArgs) -> Result<(), CliError> {
-    let client = client(config)?;
+    let gateway = gateway(config)?;
     let moid = args.moid.unwrap_or_else(|| generated_moid("remove"));
-    let result = client.remove_billkey(&args.bid, &moid).await;
-    conclude(result, args.json, "billkey remove", |_| {
+    let result = gateway.remove_billkey(&args.bid, &moid).await;
+    conclude(gateway.api(), result, args.json, "billkey remove", |_| {
         println!("removed {}", args.bid)
     })
 }
 
 pub async fn approve(config: &Path, args: ApproveArgs) -> Result<(), CliError> {
     let amount = amount("amount", &args.amount)?;
-    check_goods_name(&args.goods_name)?;
-    let client = client(config)?;
-    let tid = client.new_tid();
+    let gateway = gateway(config)?;
+    if gateway.api() == ApiKind::Webapi {
+        check_goods_name(&args.goods_name)?;
+    }
+    let tid = gateway.new_tid(TidFor::First);
     let moid = args.moid.unwrap_or_else(|| generated_moid("approve"));
-    let request = ApproveRequest {
+    let context = match &tid {
+        Some(tid) => format!("approve TID {tid}"),
+        None => format!("approve order {moid}"),
+    };
+    let request = ChargeRequest {
         bid: args.bid,
-        tid: tid.clone(),
+        tid,
         moid,
         amount,
         goods_name: args.goods_name,
         card_quota: args.quota,
         interest_free: false,
         buyer: Buyer::default(),
-        mall_reserved: None,
     };
-    let result = client.approve(&request).await;
-    conclude(result, args.json, &format!("approve TID {tid}"), |a| {
+    let result = gateway.approve_by(&request, None).await;
+    conclude(gateway.api(), result, args.json, &context, |a| {
         println!(
             "approved TID={} Moid={} Amt={} AuthCode={} AuthDate={} Card={}",
             a.tid,
@@ -265,15 +285,19 @@ pub async fn approve(config: &Path, args: ApproveArgs) -> Result<(), CliError> {
 
 pub async fn refund(config: &Path, args: RefundArgs) -> Result<(), CliError> {
     let amount = amount("amount", &args.amount)?;
-    crate::gateway::nicepay::form::euc_kr_limited(
-        "reason",
-        &args.reason,
-        crate::gateway::nicepay::limits::CANCEL_MSG,
-    )?;
-    let client = client(config)?;
-    let moid = match args.moid {
-        Some(m) => m,
-        None => Moid::new(format!("cancel-{}", args.tid))?,
+    let gateway = gateway(config)?;
+    if gateway.api() == ApiKind::Webapi {
+        crate::gateway::nicepay::form::euc_kr_limited(
+            "reason",
+            &args.reason,
+            crate::gateway::nicepay::limits::CANCEL_MSG,
+        )?;
+    }
+    let moid = match (args.moid, gateway.api()) {
+        (Some(m), _) => m,
+        (None, ApiKind::Webapi) => Moid::new(format!("cancel-{}", args.tid))?,
+        // On v1 every cancel has an order id of its own (a partial cancel's may not repeat).
+        (None, ApiKind::V1) => generated_moid("refund"),
     };
     let request = CancelRequest {
         tid: args.tid.clone(),
@@ -283,8 +307,9 @@ pub async fn refund(config: &Path, args: RefundArgs) -> Result<(), CliError> {
         partial: args.partial,
         mall_reserved: None,
     };
-    let result = client.cancel(&request).await;
+    let result = gateway.cancel(&request).await;
     conclude(
+        gateway.api(),
         result,
         args.json,
         &format!("refund TID {}", args.tid),
@@ -301,24 +326,36 @@ pub async fn refund(config: &Path, args: RefundArgs) -> Result<(), CliError> {
 }
 
 pub async fn status(config: &Path, args: StatusArgs) -> Result<(), CliError> {
-    let client = client(config)?;
-    let result = client.status(&args.tid).await;
-    conclude(
-        result,
-        args.json,
-        &format!("status TID {}", args.tid),
-        |s| {
-            let state = match s.state {
-                crate::gateway::nicepay::TxState::Approved => "approved",
-                crate::gateway::nicepay::TxState::Cancelled => "cancelled",
-                crate::gateway::nicepay::TxState::NotFound => "not-found",
+    let gateway = gateway(config)?;
+    let (result, context) = match (&args.tid, &args.order_id) {
+        (Some(tid), _) => (gateway.status(tid).await, format!("status TID {tid}")),
+        (None, Some(order)) => {
+            let sent_at = match args.date {
+                // Noon in Korea: the lookup asks for that day.
+                Some(day) => day
+                    .and_hms_opt(3, 0, 0)
+                    .map(|t| t.and_utc())
+                    .unwrap_or_else(|| SystemClock.now()),
+                None => SystemClock.now(),
             };
-            println!(
-                "{state} TID={} AuthCode={} AuthDate={}",
-                s.tid,
-                s.auth_code.as_deref().unwrap_or("-"),
-                s.auth_date.as_deref().unwrap_or("-")
+            (
+                gateway.status_by_order(order, sent_at).await,
+                format!("status order {order}"),
             )
-        },
-    )
+        }
+        (None, None) => return Err(CliError::Usage("give a TID or --order-id".into())),
+    };
+    conclude(gateway.api(), result, args.json, &context, |s| {
+        let state = match s.state {
+            crate::gateway::nicepay::TxState::Approved => "approved",
+            crate::gateway::nicepay::TxState::Cancelled => "cancelled",
+            crate::gateway::nicepay::TxState::NotFound => "not-found",
+        };
+        println!(
+            "{state} TID={} AuthCode={} AuthDate={}",
+            s.tid,
+            s.auth_code.as_deref().unwrap_or("-"),
+            s.auth_date.as_deref().unwrap_or("-")
+        )
+    })
 }

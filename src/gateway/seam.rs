@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 use super::nicepay::{
-    Approval, ApproveRequest, BillkeyRemoved, Buyer, CallError, NicepayClient, Reply, TxStatus,
+    Approval, ApproveRequest, BillkeyIssued, BillkeyRemoved, Buyer, CallError, CancelRequest,
+    Cancellation, IssueRequest, NicepayClient, Reply, TxStatus,
 };
 use crate::domain::{Bid, FieldError, Krw, Moid, Tid};
 
@@ -95,6 +96,16 @@ pub enum Gateway {
 impl From<Arc<NicepayClient>> for Gateway {
     fn from(client: Arc<NicepayClient>) -> Self {
         Gateway::Webapi(client)
+    }
+}
+
+impl Gateway {
+    /// The v1 client. (Joins with the v1 client module.)
+    pub fn v1(
+        _settings: super::nicepay_v1::V1Settings,
+        _clock: crate::clock::SharedClock,
+    ) -> Result<Gateway, String> {
+        Err("NICEPAY v1 is not wired into this build yet".into())
     }
 }
 
@@ -181,7 +192,48 @@ impl Gateway {
         }
     }
 
-    /// The legacy client, for the operator commands that have no v1 form yet.
+    /// Issues a billkey for the card (operator command, demo, benchmark).
+    pub async fn issue_billkey(
+        &self,
+        req: &IssueRequest,
+    ) -> Result<Reply<BillkeyIssued>, CallError> {
+        match self {
+            Gateway::Webapi(c) => c.issue_billkey(req).await,
+        }
+    }
+
+    /// A full or partial cancel of an approval (`nicebill refund`).
+    pub async fn cancel(&self, req: &CancelRequest) -> Result<Reply<Cancellation>, CallError> {
+        match self {
+            Gateway::Webapi(c) => c.cancel(req).await,
+        }
+    }
+
+    /// What NICEPAY holds under a TID (`nicebill status TID`).
+    pub async fn status(&self, tid: &Tid) -> Result<Reply<TxStatus>, CallError> {
+        match self {
+            Gateway::Webapi(c) => c.status(tid).await,
+        }
+    }
+
+    /// What NICEPAY holds under an order id sent on `date` (`nicebill status --order-id`): v1
+    /// only; the web API looks transactions up by TID alone.
+    pub async fn status_by_order(
+        &self,
+        moid: &Moid,
+        sent_at: DateTime<Utc>,
+    ) -> Result<Reply<TxStatus>, CallError> {
+        let _ = (moid, sent_at);
+        match self {
+            Gateway::Webapi(_) => Err(FieldError::new(
+                "order id",
+                "the web API looks transactions up by TID only; give the TID (or use api = \"v1\")",
+            )
+            .into()),
+        }
+    }
+
+    /// A TID for a request the operator sends by hand (web API only).
     pub fn webapi(&self) -> Option<&NicepayClient> {
         match self {
             Gateway::Webapi(c) => Some(c),

@@ -6,5 +6,7 @@
 
 pub mod crypto;
 pub mod keys;
+pub mod settings;
 
 pub use keys::{ClientKey, SecretKey};
+pub use settings::{Auth, V1Settings};
