@@ -835,7 +835,7 @@ fn lookup_tid(st: &mut SimState, shop: usize, tid: &str, f: &Fields) -> Step<V1A
 }
 
 fn lookup_order(st: &mut SimState, shop: usize, order_id: &str, f: &Fields) -> Step<V1Answer> {
-    let order_date = f.required("orderDate", 8)?;
+    let order_date = f.required("orderDate", 64)?;
     if order_date.len() != 8 || !order_date.bytes().all(|b| b.is_ascii_digit()) {
         return Err(refuse(
             "U130",
