@@ -785,3 +785,39 @@ async fn reset_forgets_v1_payments() {
         "billkeys are forgotten too: {answer}"
     );
 }
+
+#[tokio::test]
+async fn a_held_approval_lands_late() {
+    let env = Env::start().await;
+    let bid = env.regist(CARD).await;
+    env.sim.set_hold(Duration::from_millis(800));
+    env.sim
+        .set_faults(once(FaultMode::HoldBefore, Api::Approve));
+    let body = json!({"orderId": "S9-C1-A1", "amount": 9900, "goodsName": "g",
+                      "cardQuota": "0", "useShopInterest": false});
+    let gave_up = env
+        .http
+        .post(format!("{}/v1/subscribe/{bid}/payments", env.base))
+        .header("Authorization", &env.auth)
+        .timeout(Duration::from_millis(200))
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    let find = format!("/v1/payments/find/S9-C1-A1?orderDate={}", env.today());
+    let (status, _) = env.get(&find).await;
+    assert_eq!(status, 404, "nothing during the hold");
+    assert!(env.sim.ledger().is_empty());
+    let mut found = None;
+    for _ in 0..50 {
+        let (status, answer) = env.get(&find).await;
+        if status == 200 {
+            found = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let found = found.expect("the held approval was never recorded");
+    assert_eq!(found["status"], "paid");
+    assert_eq!(env.sim.ledger().len(), 1);
+}

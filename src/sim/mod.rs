@@ -437,9 +437,11 @@ pub struct SimArgs {
     pub hold_ms: u64,
     /// A fault rule, `MODE[:API[:PROBABILITY[:COUNT]]]`, e.g. `drop_after:approve:0.05`.
     /// MODE: http500, drop_before, drop_after, hang_after, hold_before, garbage,
-    /// bad_cancel_signature.
+    /// bad_cancel_signature, bad_signature, oversized, long_result_msg.
     /// API: billkey_issue, approve, billkey_remove, cancel, status or any. Repeatable; the
-    /// first matching rule wins.
+    /// first matching rule wins. v1 calls use the same names: regist = billkey_issue,
+    /// payments = approve, expire = billkey_remove, cancel and netcancel = cancel, both
+    /// lookups = status.
     #[arg(long = "fault", value_name = "RULE", value_parser = parse_fault)]
     pub faults: Vec<FaultRule>,
     /// An extra merchant, MID=KEY, added to the built-in test merchants (nictest04m,
@@ -609,6 +611,8 @@ mod tests {
             "garbage:approve:1:-1",
             "garbage:approve:1:1:1",
             "bad_cancel_signature:approve",
+            "bad_signature:billkey_issue",
+            "bad_signature:billkey_remove",
         ] {
             assert!(parse_fault(bad).is_err(), "{bad:?}");
         }
@@ -679,6 +683,21 @@ mod tests {
         assert_eq!(defaults.sim.listen, "127.0.0.1:8585".parse().unwrap());
         assert_eq!(defaults.sim.hold_ms, 10_000);
         assert!(Cli::try_parse_from(["sim", "--hold-ms", "3600001"]).is_err());
+        assert_eq!(
+            defaults.sim.v1_token_lifetime_ms,
+            v1::DEFAULT_TOKEN_LIFETIME.as_millis() as u64
+        );
+        let v1 = Cli::try_parse_from([
+            "sim",
+            "--v1-merchant",
+            "R1_0123456789abcdef0123456789abcdef:0123456789abcdef0123456789abcdef",
+            "--v1-token-lifetime-ms",
+            "500",
+        ])
+        .unwrap();
+        assert_eq!(v1.sim.v1_merchants.len(), 1);
+        assert_eq!(v1.sim.v1_token_lifetime_ms, 500);
+        assert!(Cli::try_parse_from(["sim", "--v1-merchant", "nokeys"]).is_err());
     }
 
     #[tokio::test]

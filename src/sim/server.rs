@@ -622,6 +622,33 @@ mod tests {
     }
 
     #[test]
+    fn bad_signature_hits_signed_answers_only() {
+        let calls = [
+            Api::BillkeyIssue,
+            Api::Approve,
+            Api::BillkeyRemove,
+            Api::Cancel,
+            Api::Status,
+        ];
+        let fired = |v1: bool| {
+            calls
+                .iter()
+                .map(|api| {
+                    let mut plan =
+                        FaultPlan::new(vec![rule(FaultMode::BadSignature, None, None, 1.0)], 0);
+                    if v1 {
+                        plan.choose_v1(*api).is_some()
+                    } else {
+                        plan.choose(*api).is_some()
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fired(false), [false, false, false, true, false]);
+        assert_eq!(fired(true), [false, true, false, true, true]);
+    }
+
+    #[test]
     fn fault_probability_is_seeded() {
         let draw = |seed| {
             let mut plan = FaultPlan::new(vec![rule(FaultMode::Garbage, None, None, 0.25)], seed);
