@@ -22,7 +22,8 @@
 //!
 //! - Authentication: no or a malformed `Authorization` header, an unknown client key or a
 //!   wrong secret key → HTTP 401, `U101`; an unknown or expired bearer token → HTTP 401, `U305`.
-//!   Nothing else is looked at before authentication succeeds.
+//!   Nothing else is looked at before authentication succeeds (the throttle, latency and
+//!   faults come after it; a 401 is counted in `/_sim/requests` but never throttled).
 //! - Unknown `/v1/` path → HTTP 404 `U108`; wrong method → HTTP 405 `U110`. Business answers
 //!   are HTTP 200 with a `resultCode`, except lookups of an unknown `tid`/`orderId` (or a
 //!   wrong `orderDate`): **HTTP 404** with `resultCode` `U111`, so that a client must read the
@@ -68,6 +69,7 @@
 
 mod calls;
 pub(super) mod http;
+mod request;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
