@@ -24,8 +24,11 @@
 //! | `POST /_sim/faults`     | body: JSON array of [`FaultRule`]; replaces the rules       |
 //! | `POST /_sim/latency`    | body: `{"ms":20}`; delay before every API answer           |
 //! | `POST /_sim/hold`       | body: `{"ms":10000}`; how long a `hold_before` request is held |
-//! | `POST /_sim/reset`      | forgets ledger, removals, billkeys, TIDs and fault rules   |
+//! | `POST /_sim/reset`      | forgets ledger, removals, billkeys, TIDs, v1 payments and tokens, and fault rules |
+//! | `POST /_sim/v1_token_lifetime` | body: `{"ms":1000}`; lifetime of v1 access tokens issued from now on |
 //! | `POST /_sim/foreign_approval` | body: `{"tid":…,"moid":…,"amount":9900}`; somebody else's approval holds the TID (see [`SimHandle::seed_foreign_approval`]) |
+//!
+//! The v1 REST API (`/v1/…`) is served on the same port, sharing all of this: see [`v1`].
 //!
 //! The simulator accepts any card and signs with test keys, so it only ever listens on
 //! loopback addresses.
@@ -33,6 +36,7 @@
 pub mod cards;
 mod server;
 pub mod state;
+pub mod v1;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -49,6 +53,7 @@ use crate::domain::{Krw, MerchantKey, Mid, Tid};
 use crate::gateway::nicepay::Api;
 
 pub use state::{LedgerEntry, LedgerState, RemovalEntry};
+pub use v1::V1Shop;
 
 /// Everything the simulator starts with.
 #[derive(Clone)]
@@ -68,6 +73,10 @@ pub struct SimConfig {
     pub clock: SharedClock,
     /// Refuse API requests above a rate, as NICEPAY does when overloaded.
     pub throttle: Option<Throttle>,
+    /// The v1 API's shops (default: the manual's sandbox keys, [`v1::DEFAULT_SHOPS`]).
+    pub v1_shops: Vec<V1Shop>,
+    /// How long a v1 access token lives (default 30 minutes).
+    pub v1_token_lifetime: Duration,
 }
 
 /// The simulator's own rate limit: at most `per_second` API requests are processed in any
@@ -101,6 +110,7 @@ impl std::fmt::Debug for SimConfig {
             .field("hold", &self.hold)
             .field("faults", &self.faults)
             .field("seed", &self.seed)
+            .field("v1_shops", &self.v1_shops)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +140,8 @@ impl SimConfig {
             seed: 0,
             clock: Arc::new(SystemClock),
             throttle: None,
+            v1_shops: V1Shop::defaults(),
+            v1_token_lifetime: v1::DEFAULT_TOKEN_LIFETIME,
         }
     }
 
@@ -174,6 +186,10 @@ pub enum FaultMode {
     Garbage,
     /// Cancel only: process the cancel, answer with a wrong `Signature`.
     BadCancelSignature,
+    /// Process the request, then answer with a wrong signature: for the legacy API the
+    /// cancel answer's `Signature` (as `bad_cancel_signature`), for v1 the payment object's
+    /// `signature` (approve, cancel, netcancel, lookups).
+    BadSignature,
     /// Process the request, then answer it preceded by [`OVERSIZED_PADDING`] bytes of white
     /// space: a well-formed answer (leading white space is allowed) longer than any client
     /// should read (nicebill reads at most 64 KiB).
@@ -187,7 +203,7 @@ pub enum FaultMode {
 pub const OVERSIZED_PADDING: usize = 70 * 1024;
 
 impl FaultMode {
-    pub const ALL: [FaultMode; 9] = [
+    pub const ALL: [FaultMode; 10] = [
         FaultMode::Http500,
         FaultMode::DropBefore,
         FaultMode::DropAfter,
@@ -195,6 +211,7 @@ impl FaultMode {
         FaultMode::HoldBefore,
         FaultMode::Garbage,
         FaultMode::BadCancelSignature,
+        FaultMode::BadSignature,
         FaultMode::Oversized,
         FaultMode::LongResultMsg,
     ];
@@ -209,6 +226,7 @@ impl FaultMode {
             FaultMode::HoldBefore => "hold_before",
             FaultMode::Garbage => "garbage",
             FaultMode::BadCancelSignature => "bad_cancel_signature",
+            FaultMode::BadSignature => "bad_signature",
             FaultMode::Oversized => "oversized",
             FaultMode::LongResultMsg => "long_result_msg",
         }
@@ -256,6 +274,16 @@ impl FaultRule {
         if self.mode == FaultMode::BadCancelSignature && self.api.is_some_and(|a| a != Api::Cancel)
         {
             return Err("bad_cancel_signature applies only to the cancel API".into());
+        }
+        if self.mode == FaultMode::BadSignature
+            && self
+                .api
+                .is_some_and(|a| matches!(a, Api::BillkeyIssue | Api::BillkeyRemove))
+        {
+            return Err(
+                "bad_signature applies only to APIs with signed answers (approve, cancel, status)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -350,6 +378,11 @@ impl SimHandle {
             .seed_foreign_approval(tid.as_str(), moid, amount.value())
     }
 
+    /// How long v1 access tokens issued from now on live (as `POST /_sim/v1_token_lifetime`).
+    pub fn set_v1_token_lifetime(&self, lifetime: Duration) {
+        self.shared.set_v1_token_lifetime(lifetime);
+    }
+
     /// Forgets ledger, removals, billkeys, TIDs and fault rules (as `POST /_sim/reset`).
     pub fn reset(&self) {
         self.shared.reset();
@@ -404,9 +437,11 @@ pub struct SimArgs {
     pub hold_ms: u64,
     /// A fault rule, `MODE[:API[:PROBABILITY[:COUNT]]]`, e.g. `drop_after:approve:0.05`.
     /// MODE: http500, drop_before, drop_after, hang_after, hold_before, garbage,
-    /// bad_cancel_signature.
+    /// bad_cancel_signature, bad_signature, oversized, long_result_msg.
     /// API: billkey_issue, approve, billkey_remove, cancel, status or any. Repeatable; the
-    /// first matching rule wins.
+    /// first matching rule wins. v1 calls use the same names: regist = billkey_issue,
+    /// payments = approve, expire = billkey_remove, cancel and netcancel = cancel, both
+    /// lookups = status.
     #[arg(long = "fault", value_name = "RULE", value_parser = parse_fault)]
     pub faults: Vec<FaultRule>,
     /// An extra merchant, MID=KEY, added to the built-in test merchants (nictest04m,
@@ -425,6 +460,17 @@ pub struct SimArgs {
     /// ResultCode V003) or `http429`.
     #[arg(long, value_enum, default_value = "v003", requires = "throttle_above")]
     pub throttle_answer: ThrottleAnswerArg,
+    /// An extra v1 shop, CLIENT_KEY:SECRET_KEY, added to the manual's sandbox keys; named
+    /// `nicv1x001m`, `nicv1x002m`, … in TIDs, BIDs and the ledger. Repeatable.
+    #[arg(long = "v1-merchant", value_name = "CLIENT_KEY:SECRET_KEY",
+          value_parser = v1::parse_v1_merchant)]
+    pub v1_merchants: Vec<(
+        crate::gateway::nicepay_v1::ClientKey,
+        crate::gateway::nicepay_v1::SecretKey,
+    )>,
+    /// Lifetime of v1 access tokens, in milliseconds (NICEPAY: 30 minutes).
+    #[arg(long, default_value_t = v1::DEFAULT_TOKEN_LIFETIME.as_millis() as u64)]
+    pub v1_token_lifetime_ms: u64,
 }
 
 /// `--throttle-answer`.
@@ -515,8 +561,15 @@ pub async fn serve(args: SimArgs, shutdown: impl Future<Output = ()>) -> std::io
             ThrottleAnswerArg::Http429 => ThrottleAnswer::Http429,
         },
     });
+    for (i, (client, secret)) in args.v1_merchants.into_iter().enumerate() {
+        config.v1_shops.retain(|s| s.client != client);
+        config
+            .v1_shops
+            .push(V1Shop::numbered(client, secret, i + 1));
+    }
+    config.v1_token_lifetime = Duration::from_millis(args.v1_token_lifetime_ms);
     let mids: Vec<&str> = config.merchants.iter().map(|(m, _)| m.as_str()).collect();
-    tracing::info!(merchants = ?mids, faults = ?config.faults, "simulator configuration");
+    tracing::info!(merchants = ?mids, v1_shops = ?config.v1_shops, faults = ?config.faults, "simulator configuration");
     let handle = SimHandle::start(config).await?;
     {
         let mut out = std::io::stdout().lock();
@@ -558,6 +611,8 @@ mod tests {
             "garbage:approve:1:-1",
             "garbage:approve:1:1:1",
             "bad_cancel_signature:approve",
+            "bad_signature:billkey_issue",
+            "bad_signature:billkey_remove",
         ] {
             assert!(parse_fault(bad).is_err(), "{bad:?}");
         }
@@ -628,6 +683,21 @@ mod tests {
         assert_eq!(defaults.sim.listen, "127.0.0.1:8585".parse().unwrap());
         assert_eq!(defaults.sim.hold_ms, 10_000);
         assert!(Cli::try_parse_from(["sim", "--hold-ms", "3600001"]).is_err());
+        assert_eq!(
+            defaults.sim.v1_token_lifetime_ms,
+            v1::DEFAULT_TOKEN_LIFETIME.as_millis() as u64
+        );
+        let v1 = Cli::try_parse_from([
+            "sim",
+            "--v1-merchant",
+            "R1_0123456789abcdef0123456789abcdef:0123456789abcdef0123456789abcdef",
+            "--v1-token-lifetime-ms",
+            "500",
+        ])
+        .unwrap();
+        assert_eq!(v1.sim.v1_merchants.len(), 1);
+        assert_eq!(v1.sim.v1_token_lifetime_ms, 500);
+        assert!(Cli::try_parse_from(["sim", "--v1-merchant", "nokeys"]).is_err());
     }
 
     #[tokio::test]
@@ -642,6 +712,8 @@ mod tests {
                 seed: 0,
                 throttle_above: None,
                 throttle_answer: ThrottleAnswerArg::V003,
+                v1_merchants: vec![],
+                v1_token_lifetime_ms: 1000,
             };
             let err = serve(args, std::future::ready(())).await.unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);

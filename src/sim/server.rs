@@ -35,14 +35,14 @@ const DRAIN: Duration = Duration::from_secs(1);
 
 /// The body of a [`FaultMode::Garbage`] answer: what a proxy error page looks like, neither
 /// JSON nor `Key=Value`.
-const GARBAGE: &str =
+pub(super) const GARBAGE: &str =
     "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>";
-const ERROR_PAGE: &str = "<html><head><title>500 Internal Server Error</title></head>\
+pub(super) const ERROR_PAGE: &str = "<html><head><title>500 Internal Server Error</title></head>\
      <body><h1>Internal Server Error</h1></body></html>";
 
-type Body = Full<Bytes>;
+pub(super) type Body = Full<Bytes>;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // State stays consistent between statements, so a panic elsewhere leaves nothing half done.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -64,10 +64,27 @@ impl FaultPlan {
     /// The fault for one request to `api`, if any: the first rule that matches the API, has
     /// count left and wins its draw. Firing uses up one of its count.
     pub(super) fn choose(&mut self, api: Api) -> Option<FaultMode> {
+        self.choose_for(api, false)
+    }
+
+    /// As [`FaultPlan::choose`], for a v1 call mapped onto `api` (see [`super::v1`]): there
+    /// `bad_signature` applies to every call whose answer is signed (approve, cancel and
+    /// netcancel, lookups), where for the legacy API it applies to cancel only.
+    pub(super) fn choose_v1(&mut self, api: Api) -> Option<FaultMode> {
+        self.choose_for(api, true)
+    }
+
+    fn choose_for(&mut self, api: Api, v1: bool) -> Option<FaultMode> {
         for rule in &mut self.rules {
-            let applies = rule.api.is_none_or(|a| a == api)
-                && (rule.mode != FaultMode::BadCancelSignature || api == Api::Cancel)
-                && rule.count != Some(0);
+            let signed = match rule.mode {
+                FaultMode::BadCancelSignature => api == Api::Cancel,
+                FaultMode::BadSignature if v1 => {
+                    matches!(api, Api::Approve | Api::Cancel | Api::Status)
+                }
+                FaultMode::BadSignature => api == Api::Cancel,
+                _ => true,
+            };
+            let applies = rule.api.is_none_or(|a| a == api) && signed && rule.count != Some(0);
             if !applies {
                 continue;
             }
@@ -84,11 +101,11 @@ impl FaultPlan {
 
 /// What the server task and the handle share.
 pub(super) struct Shared {
-    state: Mutex<SimState>,
-    faults: Mutex<FaultPlan>,
-    latency: Mutex<Duration>,
-    hold: Mutex<Duration>,
-    counts: Mutex<BTreeMap<String, u64>>,
+    pub(super) state: Mutex<SimState>,
+    pub(super) faults: Mutex<FaultPlan>,
+    pub(super) latency: Mutex<Duration>,
+    pub(super) hold: Mutex<Duration>,
+    pub(super) counts: Mutex<BTreeMap<String, u64>>,
     throttle: Mutex<Option<(Throttle, VecDeque<std::time::Instant>)>>,
 }
 
@@ -96,12 +113,10 @@ impl Shared {
     pub(super) fn new(config: &SimConfig) -> Self {
         // Distinct streams for ids and faults, so that adding a fault rule does not change
         // the BIDs and TIDs of a seeded run.
+        let mut state = SimState::new(&config.merchants, Arc::clone(&config.clock), config.seed);
+        state.v1 = super::v1::V1State::new(config.v1_shops.clone(), config.v1_token_lifetime);
         Self {
-            state: Mutex::new(SimState::new(
-                &config.merchants,
-                Arc::clone(&config.clock),
-                config.seed,
-            )),
+            state: Mutex::new(state),
             faults: Mutex::new(FaultPlan::new(
                 config.faults.clone(),
                 config.seed ^ 0x5eed_fa17,
@@ -119,7 +134,7 @@ impl Shared {
 
     /// Whether a request arriving now is over the rate (then counted as `throttled`), and
     /// how it is refused. A request let through takes a place in the window.
-    fn over_rate(&self) -> Option<ThrottleAnswer> {
+    pub(super) fn over_rate(&self) -> Option<ThrottleAnswer> {
         let mut throttle = lock(&self.throttle);
         let (limit, window) = throttle.as_mut()?;
         let now = std::time::Instant::now();
@@ -172,6 +187,10 @@ impl Shared {
         lock(&self.state).seed_foreign_approval(tid, moid, amount)
     }
 
+    pub(super) fn set_v1_token_lifetime(&self, lifetime: Duration) {
+        lock(&self.state).v1.set_token_lifetime(lifetime);
+    }
+
     pub(super) fn reset(&self) {
         lock(&self.state).reset();
         lock(&self.faults).rules.clear();
@@ -185,7 +204,7 @@ impl Shared {
 }
 
 /// Resolves once shutdown has been asked for (or the handle is gone).
-async fn stopped(mut stop: watch::Receiver<bool>) {
+pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
     // An error means the sender is gone: that is a stop as well.
     let _ = stop.wait_for(|s| *s).await;
 }
@@ -241,7 +260,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: watch::Receive
 /// Returned by the service to make hyper close the connection without an answer.
 #[derive(Debug, thiserror::Error)]
 #[error("simulated fault: {0}")]
-struct Dropped(&'static str);
+pub(super) struct Dropped(pub(super) &'static str);
 
 async fn respond(
     shared: Arc<Shared>,
@@ -252,6 +271,9 @@ async fn respond(
     if let Some(name) = path.strip_prefix("/_sim/") {
         let name = name.to_owned();
         return Ok(control(&shared, &name, req).await);
+    }
+    if path.starts_with("/v1/") || path == "/v1" {
+        return super::v1::http::respond(shared, stop, req).await;
     }
     let Some(api) = Api::from_path(&path) else {
         return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
@@ -305,7 +327,7 @@ async fn respond(
         _ => {}
     }
     let tamper = match fault {
-        Some(FaultMode::BadCancelSignature) => Tamper::CancelSignature,
+        Some(FaultMode::BadCancelSignature | FaultMode::BadSignature) => Tamper::CancelSignature,
         _ => Tamper::None,
     };
     let mut answer = if fault == Some(FaultMode::HoldBefore) {
@@ -365,7 +387,7 @@ async fn respond(
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => Err(text(
@@ -456,6 +478,14 @@ async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Respons
             shared.set_hold(hold);
             ok()
         }
+        (Method::POST, "v1_token_lifetime") => {
+            let lifetime = match read_json::<Latency>(req).await {
+                Ok(lifetime) => lifetime,
+                Err(response) => return response,
+            };
+            shared.set_v1_token_lifetime(Duration::from_millis(lifetime.ms));
+            ok()
+        }
         (Method::POST, "reset") => {
             shared.reset();
             ok()
@@ -476,7 +506,7 @@ async fn control(shared: &Shared, name: &str, req: Request<Incoming>) -> Respons
         (
             _,
             "health" | "ledger" | "removals" | "requests" | "faults" | "latency" | "hold" | "reset"
-            | "foreign_approval",
+            | "foreign_approval" | "v1_token_lifetime",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -506,7 +536,7 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Body> {
     response(
         status,
         "text/plain; charset=utf-8",
@@ -514,7 +544,7 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     )
 }
 
-fn response(status: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
+pub(super) fn response(status: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let content_type = HeaderValue::from_str(content_type)
@@ -589,6 +619,33 @@ mod tests {
             let got: Vec<_> = requests.into_iter().map(|a| plan.choose(a)).collect();
             assert_eq!(got, want, "case {i}");
         }
+    }
+
+    #[test]
+    fn bad_signature_hits_signed_answers_only() {
+        let calls = [
+            Api::BillkeyIssue,
+            Api::Approve,
+            Api::BillkeyRemove,
+            Api::Cancel,
+            Api::Status,
+        ];
+        let fired = |v1: bool| {
+            calls
+                .iter()
+                .map(|api| {
+                    let mut plan =
+                        FaultPlan::new(vec![rule(FaultMode::BadSignature, None, None, 1.0)], 0);
+                    if v1 {
+                        plan.choose_v1(*api).is_some()
+                    } else {
+                        plan.choose(*api).is_some()
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fired(false), [false, false, false, true, false]);
+        assert_eq!(fired(true), [false, true, false, true, true]);
     }
 
     #[test]

@@ -234,14 +234,14 @@ struct Merchant {
 }
 
 /// A billkey: everything kept about a card.
-struct Billkey {
-    mid: String,
-    behaviour: CardBehaviour,
-    masked: String,
-    brand: Brand,
+pub(super) struct Billkey {
+    pub(super) mid: String,
+    pub(super) behaviour: CardBehaviour,
+    pub(super) masked: String,
+    pub(super) brand: Brand,
     /// Approval attempts that reached the card company.
-    attempts: u32,
-    removed: bool,
+    pub(super) attempts: u32,
+    pub(super) removed: bool,
 }
 
 /// What billkey issue learns from the card before forgetting its number.
@@ -254,21 +254,23 @@ struct CardFacts {
 /// The simulated NICEPAY: merchants, billkeys, used TIDs and the ledger of approvals.
 pub struct SimState {
     merchants: HashMap<String, Merchant>,
-    clock: SharedClock,
+    pub(super) clock: SharedClock,
     /// Draws the 4-digit suffixes of minted TIDs/BIDs and auth/cancel numbers, seeded so that
     /// a run can be repeated.
-    rng: StdRng,
-    billkeys: HashMap<String, Billkey>,
+    pub(super) rng: StdRng,
+    pub(super) billkeys: HashMap<String, Billkey>,
     /// Every TID seen: minted by issue/removal, or used by an approval that reached the card
     /// company. NICEPAY refuses all of them as duplicates.
-    used_tids: HashSet<String>,
-    ledger: Vec<LedgerEntry>,
+    pub(super) used_tids: HashSet<String>,
+    pub(super) ledger: Vec<LedgerEntry>,
     /// TID → index in `ledger`.
     by_tid: HashMap<String, usize>,
     /// (MID, Moid) of successful approvals.
     approved_moids: HashSet<(String, String)>,
     /// Billkey removals carried out, in order.
-    removals: Vec<RemovalEntry>,
+    pub(super) removals: Vec<RemovalEntry>,
+    /// The v1 REST API's shops, tokens and payments (see [`super::v1`]).
+    pub(super) v1: super::v1::V1State,
 }
 
 impl std::fmt::Debug for SimState {
@@ -306,6 +308,7 @@ impl SimState {
             by_tid: HashMap::new(),
             approved_moids: HashSet::new(),
             removals: Vec::new(),
+            v1: super::v1::V1State::default(),
         }
     }
 
@@ -382,6 +385,7 @@ impl SimState {
         self.by_tid.clear();
         self.approved_moids.clear();
         self.removals.clear();
+        self.v1.reset();
     }
 
     /// Answers one request body posted to `api`.
@@ -749,7 +753,7 @@ impl SimState {
     }
 
     /// A billing TID nobody has used, registered as used.
-    fn mint_tid(&mut self, mid: &Mid, now: DateTime<Utc>) -> String {
+    pub(super) fn mint_tid(&mut self, mid: &Mid, now: DateTime<Utc>) -> String {
         let tid = mint(
             &mut self.rng,
             now,
@@ -940,7 +944,7 @@ fn card_facts(plain: &[u8]) -> Step<CardFacts> {
 }
 
 /// `at` in Korea time, formatted.
-fn kst(at: DateTime<Utc>, format: &str) -> String {
+pub(super) fn kst(at: DateTime<Utc>, format: &str) -> String {
     at.with_timezone(&chrono_tz::Asia::Seoul)
         .format(format)
         .to_string()
@@ -948,7 +952,7 @@ fn kst(at: DateTime<Utc>, format: &str) -> String {
 
 /// A fresh identifier `make(second, suffix)`: tries every 4-digit suffix of the current second
 /// from a random start, then moves on to the next second, so it never fails.
-fn mint(
+pub(super) fn mint(
     rng: &mut StdRng,
     now: DateTime<Utc>,
     make: impl Fn(DateTime<Utc>, u32) -> String,
