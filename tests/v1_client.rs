@@ -364,3 +364,10 @@ async fn bad_input_never_reaches_the_stub() {
     assert!(Moid::new("S4/A3").is_err() || stub.seen().is_empty());
     assert!(stub.seen().is_empty());
 }
+
+#[tokio::test]
+async fn debug_output_hides_the_secret_key() {
+    let c = client(settings("http://127.0.0.1:9"));
+    let shown = format!("{c:?} {:?}", c.settings());
+    assert!(!shown.contains(SECRET), "{shown}");
+}

@@ -485,11 +485,9 @@ impl V1Client {
         let (status, p): (u16, Payment) = self
             .send::<(), _>(call, path_key, Some(query), None, key, None)
             .await?;
-        let class = if codes::not_found_codes().contains(&p.result_code.as_str()) {
-            Class::RequestError
-        } else {
-            self.class_of(call, status, &p.result_code)
-        };
+        // Not-found codes are not in the table (Unknown here): read lookups with
+        // `answer::read_lookup`, which knows them.
+        let class = self.class_of(call, status, &p.result_code);
         Ok(reply(
             call,
             status,
