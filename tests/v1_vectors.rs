@@ -173,3 +173,53 @@ fn edi_date_and_order_date_in_korea_time() {
         assert_eq!(crypto::order_date(at), s(case, "orderDate_kst"));
     }
 }
+
+/// The `lookup_reading` cases: our reading of each answer for orderId S17-C3-A1, amount 9900.
+#[test]
+fn lookup_reading() {
+    use nicebill::gateway::nicepay_v1::types::{Payment, Status};
+    use nicebill::gateway::nicepay_v1::{Call, Reading, read_lookup};
+    let v = vectors();
+    let key = SecretKey::new(s(&v["keys"]["doc_sandbox"], "secretKey")).unwrap();
+    let cases = v["lookup_reading"]["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 9);
+    for case in cases {
+        let answer: Payment = serde_json::from_value(case["answer"].clone()).unwrap();
+        let reading = read_lookup(Call::LookupOrder, 200, &answer, "S17-C3-A1", 9900, &key);
+        let expected = s(case, "reading");
+        let ok = match expected.split(' ').next().unwrap() {
+            "approved" => matches!(reading, Reading::Approved { .. }),
+            "not_approved" => matches!(reading, Reading::NotApproved { .. }),
+            "not_found" => matches!(reading, Reading::NotFound { .. }),
+            "lookup_failed" => matches!(reading, Reading::Failed { .. }),
+            "unknown" if expected.contains("pending") => reading == Reading::Pending,
+            "unknown" => matches!(reading, Reading::Untrusted { .. }),
+            other => panic!("unexpected reading {other}"),
+        };
+        assert!(ok, "{expected}: got {reading:?}");
+        if let Reading::Approved { balance, .. } = &reading {
+            assert_eq!(*balance, answer.balance_amt);
+        }
+        if let Reading::NotApproved { status } = &reading {
+            assert!(matches!(status, Status::Cancelled | Status::Failed));
+        }
+    }
+}
+
+/// The access-token example parses (`expireAt` spelling) and its Debug hides the token.
+#[test]
+fn access_token_answers() {
+    use nicebill::gateway::nicepay_v1::types::TokenAnswer;
+    let v = vectors();
+    let example = &v["access_token_answers"]["example_common_api_md"];
+    let answer: TokenAnswer = serde_json::from_value(example.clone()).unwrap();
+    assert_eq!(answer.result_code, "0000");
+    let token = answer.access_token.clone().unwrap();
+    assert_eq!(answer.expired_at.as_deref(), Some(s(example, "expireAt")));
+    assert_eq!(answer.now.as_deref(), Some(s(example, "now")));
+    assert_eq!(
+        s(&v["access_token_answers"], "bearer_header"),
+        format!("Authorization: Bearer {token}")
+    );
+    assert!(!format!("{answer:?}").contains(&token));
+}

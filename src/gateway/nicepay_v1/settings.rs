@@ -36,7 +36,8 @@ impl Auth {
     }
 }
 
-#[derive(Clone, Debug)]
+/// Debug hides the secret key.
+#[derive(Clone)]
 pub struct V1Settings {
     pub base_url: BaseUrl,
     pub client_key: ClientKey,
@@ -71,5 +72,16 @@ impl V1Settings {
             read_timeout: Self::DEFAULT_READ_TIMEOUT,
             max_requests_per_second: None,
         }
+    }
+}
+
+impl std::fmt::Debug for V1Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("V1Settings")
+            .field("base_url", &self.base_url.as_str())
+            .field("client_key", &self.client_key.as_str())
+            .field("auth", &self.auth)
+            .field("sign_requests", &self.sign_requests)
+            .finish_non_exhaustive()
     }
 }
