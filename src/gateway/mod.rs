@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+mod http;
 pub mod nicepay;
 pub mod nicepay_v1;
 mod seam;

@@ -304,6 +304,64 @@ async fn respond(
             ));
         }
     }
+    answer_with_faults(
+        &shared,
+        &stop,
+        api.as_str(),
+        |faults| faults.choose(api),
+        move |state, fault| {
+            let tamper = match fault {
+                Some(FaultMode::BadCancelSignature | FaultMode::BadSignature) => {
+                    Tamper::CancelSignature
+                }
+                _ => Tamper::None,
+            };
+            state.handle(api, &body, tamper)
+        },
+    )
+    .await
+}
+
+/// An answer the fault modes act on: the legacy API's form answer, v1's JSON answer.
+pub(super) trait SimAnswer: Send + 'static {
+    fn result_code(&self) -> &str;
+    /// `long_result_msg`: the message padded to 500 characters.
+    fn lengthen_result_msg(&mut self);
+    /// The answer as sent, its body after `padding` spaces (`oversized`).
+    fn to_response(&self, padding: usize) -> Response<Body>;
+}
+
+impl SimAnswer for super::state::Answer {
+    fn result_code(&self) -> &str {
+        super::state::Answer::result_code(self)
+    }
+
+    fn lengthen_result_msg(&mut self) {
+        let msg = self.result_msg().to_owned();
+        let filler = "가".repeat(500usize.saturating_sub(msg.chars().count()));
+        self.fields
+            .insert("ResultMsg".into(), format!("{msg}{filler}"));
+    }
+
+    fn to_response(&self, padding: usize) -> Response<Body> {
+        let mut body = vec![b' '; padding];
+        body.extend_from_slice(&self.body());
+        response(StatusCode::OK, &self.content_type(), body.into())
+    }
+}
+
+/// One call of either API through the simulator's latency and faults: the latency, then the
+/// fault `choose` picks (a 500 or a dropped request ends there), then `process` makes the answer
+/// (after the hold, for `hold_before`, in a task of its own: the request is processed when the
+/// hold is over even if the client has hung up by then, which ends this connection and drops
+/// this future), then the faults that act on the answer.
+pub(super) async fn answer_with_faults<A: SimAnswer>(
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    call: &'static str,
+    choose: impl FnOnce(&mut FaultPlan) -> Option<FaultMode>,
+    process: impl FnOnce(&mut SimState, Option<FaultMode>) -> A + Send + 'static,
+) -> Result<Response<Body>, Dropped> {
     let latency = *lock(&shared.latency);
     if !latency.is_zero() {
         tokio::select! {
@@ -311,9 +369,9 @@ async fn respond(
             () = stopped(stop.clone()) => return Err(Dropped("shutting down")),
         }
     }
-    let fault = lock(&shared.faults).choose(api);
+    let fault = choose(&mut lock(&shared.faults));
     if let Some(mode) = fault {
-        tracing::debug!(api = api.as_str(), fault = mode.as_str(), "simulator fault");
+        tracing::debug!(call, fault = mode.as_str(), "simulator fault");
     }
     match fault {
         Some(FaultMode::Http500) => {
@@ -326,24 +384,18 @@ async fn respond(
         Some(FaultMode::DropBefore) => return Err(Dropped("drop_before")),
         _ => {}
     }
-    let tamper = match fault {
-        Some(FaultMode::BadCancelSignature | FaultMode::BadSignature) => Tamper::CancelSignature,
-        _ => Tamper::None,
-    };
     let mut answer = if fault == Some(FaultMode::HoldBefore) {
-        // Held in a task of its own: the request is processed when the hold is over even if
-        // the client has hung up by then (which ends this connection and drops this future).
         let hold = *lock(&shared.hold);
-        let held = Arc::clone(&shared);
+        let held = Arc::clone(shared);
         let stop = stop.clone();
         let task = tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(hold) => {}
                 () = stopped(stop) => return None,
             }
-            let answer = lock(&held.state).handle(api, &body, tamper);
+            let answer = process(&mut lock(&held.state), fault);
             tracing::debug!(
-                api = api.as_str(),
+                call,
                 result_code = answer.result_code(),
                 "held request processed"
             );
@@ -354,36 +406,20 @@ async fn respond(
             _ => return Err(Dropped("hold_before: shutting down")),
         }
     } else {
-        lock(&shared.state).handle(api, &body, tamper)
+        process(&mut lock(&shared.state), fault)
     };
     if fault == Some(FaultMode::LongResultMsg) {
-        let msg = answer.result_msg().to_owned();
-        let filler = "가".repeat(500usize.saturating_sub(msg.chars().count()));
-        answer
-            .fields
-            .insert("ResultMsg".into(), format!("{msg}{filler}"));
+        answer.lengthen_result_msg();
     }
     match fault {
         Some(FaultMode::DropAfter) => Err(Dropped("drop_after")),
-        Some(FaultMode::Oversized) => {
-            let mut body = vec![b' '; super::OVERSIZED_PADDING];
-            body.extend_from_slice(&answer.body());
-            Ok(response(
-                StatusCode::OK,
-                &answer.content_type(),
-                body.into(),
-            ))
-        }
+        Some(FaultMode::Oversized) => Ok(answer.to_response(super::OVERSIZED_PADDING)),
         Some(FaultMode::HangAfter) => {
-            stopped(stop).await;
+            stopped(stop.clone()).await;
             Err(Dropped("hang_after"))
         }
         Some(FaultMode::Garbage) => Ok(response(StatusCode::OK, "text/html", GARBAGE.into())),
-        _ => Ok(response(
-            StatusCode::OK,
-            &answer.content_type(),
-            answer.body().into(),
-        )),
+        _ => Ok(answer.to_response(0)),
     }
 }
 

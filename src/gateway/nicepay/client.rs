@@ -15,6 +15,7 @@ use super::tid::TidGenerator;
 use super::{Api, Charset, EdiType, crypto, edi_date, form::FormBuilder, limits, sign};
 use crate::clock::SharedClock;
 use crate::domain::{Bid, CardDetails, FieldError, Krw, MerchantKey, Mid, Moid, Tid};
+use crate::gateway::http::{self, describe, transport_of};
 
 /// Where NICEPAY (or the simulator) lives. `https` always; plain `http` only for loopback.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -754,37 +755,11 @@ impl NicepayClient {
     }
 }
 
-/// Reads an answer body chunk by chunk, giving up (class `Unknown`: the request was sent)
-/// once it passes [`response::MAX_BODY_BYTES`]; a declared longer length is refused unread.
-async fn read_capped(api: Api, mut response: reqwest::Response) -> Result<Vec<u8>, CallError> {
-    let cap = response::MAX_BODY_BYTES;
-    let too_long = |what: String| {
-        CallError::transport(
-            api,
-            Transport::Oversized,
-            format!("the answer is {what}, over the {cap}-byte limit; the outcome is unknown"),
-        )
-    };
-    if let Some(len) = response.content_length()
-        && len > cap as u64
-    {
-        return Err(too_long(format!("{len} bytes")));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+/// Reads an answer body within [`response::MAX_BODY_BYTES`] (see [`http::read_capped`]).
+async fn read_capped(api: Api, response: reqwest::Response) -> Result<Vec<u8>, CallError> {
+    http::read_capped(response, response::MAX_BODY_BYTES)
         .await
-        .map_err(|e| CallError::transport(api, transport_of(&e), describe(&e)))?
-    {
-        if body.len() + chunk.len() > cap {
-            return Err(too_long(format!(
-                "more than {} bytes",
-                body.len() + chunk.len()
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        .map_err(|(failure, detail)| CallError::transport(api, failure, detail))
 }
 
 /// The success fields of a status answer for `tid`.
@@ -891,28 +866,6 @@ fn finish<T>(
         data,
         fields,
     })
-}
-
-fn transport_of(e: &reqwest::Error) -> Transport {
-    if e.is_connect() {
-        Transport::ConnectFailed
-    } else if e.is_timeout() {
-        Transport::TimedOut
-    } else {
-        Transport::ConnectionLost
-    }
-}
-
-/// The error with its chain of causes: reqwest hides the useful part in the sources.
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Keeps at most the first 6 and last 4 digits of a card number, whatever NICEPAY sent.

@@ -19,6 +19,7 @@ use super::settings::{Auth, V1Settings};
 use super::types::*;
 use crate::clock::SharedClock;
 use crate::domain::{Bid, CardDetails, ExposeSecret, FieldError, Krw, Moid, SecretString, Tid};
+use crate::gateway::http::{self, describe, transport_of};
 use crate::gateway::nicepay::Buyer;
 
 /// An answer v1 gave, with its class.
@@ -216,14 +217,7 @@ impl V1Client {
         if class == Class::Approved && a.bid.as_deref().is_none_or(str::is_empty) {
             class = Class::Unknown;
         }
-        Ok(reply(
-            Call::Regist,
-            status,
-            a.result_code.clone(),
-            a.result_msg.clone(),
-            class,
-            a,
-        ))
+        Ok(reply(Call::Regist, status, class, a))
     }
 
     /// `POST /v1/subscribe/{bid}/payments`. `send_by`: give up unsent (NotSent) if the rate
@@ -281,8 +275,6 @@ impl V1Client {
         Ok(reply(
             Call::Approve,
             status,
-            payment.result_code.clone(),
-            payment.result_msg.clone(),
             reading.class,
             V1Approval { reading, payment },
         ))
@@ -311,14 +303,7 @@ impl V1Client {
             .send(Call::Expire, bid.as_str(), None, Some(&body), key, None)
             .await?;
         let class = self.class_of(Call::Expire, status, &a.result_code);
-        Ok(reply(
-            Call::Expire,
-            status,
-            a.result_code.clone(),
-            a.result_msg.clone(),
-            class,
-            a,
-        ))
+        Ok(reply(Call::Expire, status, class, a))
     }
 
     /// `POST /v1/payments/{tid}/cancel`; `cancel_amt` absent = full cancel.
@@ -352,14 +337,7 @@ impl V1Client {
             .send(Call::Cancel, tid.as_str(), None, Some(&body), key, None)
             .await?;
         let class = self.payment_class(Call::Cancel, status, &p);
-        Ok(reply(
-            Call::Cancel,
-            status,
-            p.result_code.clone(),
-            p.result_msg.clone(),
-            class,
-            p,
-        ))
+        Ok(reply(Call::Cancel, status, class, p))
     }
 
     /// `POST /v1/payments/netcancel` for an approval whose outcome is unknown.
@@ -381,14 +359,7 @@ impl V1Client {
             .send(Call::Netcancel, "", None, Some(&body), key, None)
             .await?;
         let class = self.payment_class(Call::Netcancel, status, &p);
-        Ok(reply(
-            Call::Netcancel,
-            status,
-            p.result_code.clone(),
-            p.result_msg.clone(),
-            class,
-            p,
-        ))
+        Ok(reply(Call::Netcancel, status, class, p))
     }
 
     /// `GET /v1/payments/{tid}`. Read it with [`answer::read_lookup`].
@@ -436,14 +407,7 @@ impl V1Client {
         // Not-found codes are not in the table (Unknown here): read lookups with
         // `answer::read_lookup`, which knows them.
         let class = self.class_of(call, status, &p.result_code);
-        Ok(reply(
-            call,
-            status,
-            p.result_code.clone(),
-            p.result_msg.clone(),
-            class,
-            p,
-        ))
+        Ok(reply(call, status, class, p))
     }
 
     fn class_of(&self, call: Call, status: u16, code: &str) -> Class {
@@ -718,19 +682,42 @@ fn needs_new_token(r: &Result<(u16, serde_json::Value), V1CallError>) -> bool {
     }
 }
 
-fn reply<T>(
-    call: Call,
-    http_status: u16,
-    result_code: String,
-    result_msg: String,
-    class: Class,
-    data: T,
-) -> V1Reply<T> {
+/// An answer that carries `resultCode` and `resultMsg`.
+pub trait Coded {
+    fn result_code(&self) -> &str;
+    fn result_msg(&self) -> &str;
+}
+
+macro_rules! coded {
+    ($($t:ty),*) => {$(
+        impl Coded for $t {
+            fn result_code(&self) -> &str {
+                &self.result_code
+            }
+            fn result_msg(&self) -> &str {
+                &self.result_msg
+            }
+        }
+    )*};
+}
+coded!(Payment, RegistAnswer, ExpireAnswer);
+
+impl Coded for V1Approval {
+    fn result_code(&self) -> &str {
+        &self.payment.result_code
+    }
+    fn result_msg(&self) -> &str {
+        &self.payment.result_msg
+    }
+}
+
+/// The reply of `call`, its code and message taken from the answer itself.
+fn reply<T: Coded>(call: Call, http_status: u16, class: Class, data: T) -> V1Reply<T> {
     V1Reply {
         call,
         http_status,
-        result_code,
-        result_msg,
+        result_code: data.result_code().to_owned(),
+        result_msg: data.result_msg().to_owned(),
         class,
         data,
     }
@@ -756,49 +743,9 @@ fn token_life(a: &TokenAnswer) -> Duration {
     life.saturating_sub(choices::TOKEN_RENEW_BEFORE)
 }
 
-async fn read_capped(call: Call, mut response: reqwest::Response) -> Result<Vec<u8>, V1CallError> {
-    let cap = choices::MAX_BODY;
-    let too_long = || {
-        V1CallError::transport(
-            call,
-            Transport::Oversized,
-            format!("answer over {cap} bytes"),
-        )
-    };
-    if response.content_length().is_some_and(|l| l > cap as u64) {
-        return Err(too_long());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+/// Reads an answer body within [`choices::MAX_BODY`] (see [`http::read_capped`]).
+async fn read_capped(call: Call, response: reqwest::Response) -> Result<Vec<u8>, V1CallError> {
+    http::read_capped(response, choices::MAX_BODY)
         .await
-        .map_err(|e| V1CallError::transport(call, transport_of(&e), describe(&e)))?
-    {
-        if body.len() + chunk.len() > cap {
-            return Err(too_long());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn transport_of(e: &reqwest::Error) -> Transport {
-    if e.is_connect() {
-        Transport::ConnectFailed
-    } else if e.is_timeout() {
-        Transport::TimedOut
-    } else {
-        Transport::ConnectionLost
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+        .map_err(|(failure, detail)| V1CallError::transport(call, failure, detail))
 }

@@ -12,7 +12,7 @@ use super::calls::{self, Call, Fields, V1Answer};
 use crate::sim::FaultMode;
 use crate::sim::ThrottleAnswer;
 use crate::sim::server::{
-    Body, Dropped, ERROR_PAGE, GARBAGE, Shared, lock, read_body, response, stopped, text,
+    Body, Dropped, Shared, SimAnswer, answer_with_faults, lock, read_body, response, text,
 };
 
 /// Routes a `/v1/…` path: the call, or the HTTP status for an unknown path (404) or a wrong
@@ -59,12 +59,29 @@ fn route(method: &Method, path: &str) -> Result<Call, (u16, Option<&'static str>
 }
 
 fn render(answer: &V1Answer) -> Response<Body> {
-    let body = serde_json::to_vec(&answer.body).unwrap_or_default();
-    response(
-        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK),
-        "application/json;charset=utf-8",
-        body.into(),
-    )
+    answer.to_response(0)
+}
+
+impl SimAnswer for V1Answer {
+    fn result_code(&self) -> &str {
+        V1Answer::result_code(self)
+    }
+
+    fn lengthen_result_msg(&mut self) {
+        let msg = self.body["resultMsg"].as_str().unwrap_or("").to_owned();
+        let filler = "가".repeat(500usize.saturating_sub(msg.chars().count()));
+        self.body["resultMsg"] = format!("{msg}{filler}").into();
+    }
+
+    fn to_response(&self, padding: usize) -> Response<Body> {
+        let mut body = vec![b' '; padding];
+        body.extend_from_slice(&serde_json::to_vec(&self.body).unwrap_or_default());
+        response(
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
+            "application/json;charset=utf-8",
+            body.into(),
+        )
+    }
 }
 
 /// Serves one `/v1/…` request.
@@ -121,87 +138,21 @@ pub(crate) async fn respond(
             Err(refusal) => return Ok(render(&refusal.answer(now()))),
         }
     };
-    let latency = *lock(&shared.latency);
-    if !latency.is_zero() {
-        tokio::select! {
-            () = tokio::time::sleep(latency) => {}
-            () = stopped(stop.clone()) => return Err(Dropped("shutting down")),
-        }
-    }
-    let fault = call
-        .fault_api()
-        .and_then(|api| lock(&shared.faults).choose_v1(api));
-    if let Some(mode) = fault {
-        tracing::debug!(
-            call = call.counter(),
-            fault = mode.as_str(),
-            "simulator v1 fault"
-        );
-    }
-    match fault {
-        Some(FaultMode::Http500) => {
-            return Ok(response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/html",
-                ERROR_PAGE.into(),
-            ));
-        }
-        Some(FaultMode::DropBefore) => return Err(Dropped("drop_before")),
-        _ => {}
-    }
-    let bad_signature = matches!(
-        fault,
-        Some(FaultMode::BadSignature | FaultMode::BadCancelSignature)
-    );
-    let mut answer = if fault == Some(FaultMode::HoldBefore) {
-        // Processed when the hold is over even if the client has hung up by then.
-        let hold = *lock(&shared.hold);
-        let held = Arc::clone(&shared);
-        let stop = stop.clone();
-        let task = tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(hold) => {}
-                () = stopped(stop) => return None,
-            }
-            let answer = calls::handle(&mut lock(&held.state), shop, &call, &fields, bad_signature);
-            Some(answer)
-        });
-        match task.await {
-            Ok(Some(answer)) => answer,
-            _ => return Err(Dropped("hold_before: shutting down")),
-        }
-    } else {
-        calls::handle(
-            &mut lock(&shared.state),
-            shop,
-            &call,
-            &fields,
-            bad_signature,
-        )
-    };
-    if fault == Some(FaultMode::LongResultMsg) {
-        let msg = answer.body["resultMsg"].as_str().unwrap_or("").to_owned();
-        let filler = "가".repeat(500usize.saturating_sub(msg.chars().count()));
-        answer.body["resultMsg"] = format!("{msg}{filler}").into();
-    }
-    match fault {
-        Some(FaultMode::DropAfter) => Err(Dropped("drop_after")),
-        Some(FaultMode::Oversized) => {
-            let mut body = vec![b' '; crate::sim::OVERSIZED_PADDING];
-            body.extend_from_slice(&serde_json::to_vec(&answer.body).unwrap_or_default());
-            Ok(response(
-                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK),
-                "application/json;charset=utf-8",
-                body.into(),
-            ))
-        }
-        Some(FaultMode::HangAfter) => {
-            stopped(stop).await;
-            Err(Dropped("hang_after"))
-        }
-        Some(FaultMode::Garbage) => Ok(response(StatusCode::OK, "text/html", GARBAGE.into())),
-        _ => Ok(render(&answer)),
-    }
+    let fault_api = call.fault_api();
+    answer_with_faults(
+        &shared,
+        &stop,
+        call.counter(),
+        |faults| fault_api.and_then(|api| faults.choose_v1(api)),
+        move |state, fault| {
+            let bad_signature = matches!(
+                fault,
+                Some(FaultMode::BadSignature | FaultMode::BadCancelSignature)
+            );
+            calls::handle(state, shop, &call, &fields, bad_signature)
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
