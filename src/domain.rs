@@ -225,6 +225,14 @@ impl Tid {
         Ok(Self(text))
     }
 
+    /// A tid NICEPAY made and sent us on its REST API (v1): up to [`Tid::LEN`] letters and
+    /// digits. The manual gives its length as a maximum, so shorter ones are kept too.
+    pub fn issued(text: impl Into<String>) -> Result<Self, FieldError> {
+        let text = text.into();
+        check_ascii_id("tid", &text, 1, Self::LEN, alnum)?;
+        Ok(Self(text))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

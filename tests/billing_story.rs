@@ -12,37 +12,33 @@ use chrono::Duration;
 use nicebill::billing::engine::{Engine, EngineSettings};
 use nicebill::billing::plan::Policy;
 use nicebill::clock::{Clock, ManualClock};
-use nicebill::gateway::nicepay::{Charset, EdiType, NicepayClient};
+use nicebill::gateway::ApiKind;
 use nicebill::sim::{SimConfig, SimHandle};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_year_of_monthly_billing() {
-    for db in databases("story").await {
-        story(db).await;
+    for api in apis() {
+        for db in databases("story").await {
+            story(db, api).await;
+        }
     }
 }
 
-async fn story(db: TestDb) {
-    let label = db.label;
+async fn story(db: TestDb, api: ApiKind) {
+    let label = format!("{} on {api}", db.label);
     let clock = ManualClock::new(kst("2027-01-01 10:00"));
     let mut sim_config = SimConfig::new(([127, 0, 0, 1], 0).into());
     sim_config.clock = Arc::new(clock.clone());
     let sim = SimHandle::start(sim_config).await.unwrap();
-    let client = Arc::new(
-        NicepayClient::new(
-            settings(&sim.base_url(), Charset::EucKr, EdiType::Json),
-            Arc::new(clock.clone()),
-        )
-        .unwrap(),
-    );
+    let gateway = gateway_for(api, &sim.base_url(), Arc::new(clock.clone()));
     let store = db.store.clone();
 
-    let month_end = issue(&client, "9410123456780000", "story-a").await;
-    let recovers = issue(&client, "4000000000000005", "story-b").await;
-    let lost = issue(&client, "4000000000000004", "story-c").await;
-    let paused = issue(&client, "4000000000000011", "story-d").await;
-    let cancelled = issue(&client, "4000000000000012", "story-e").await;
+    let month_end = issue_on(&gateway, "9410123456780000", "story-a").await;
+    let recovers = issue_on(&gateway, "4000000000000005", "story-b").await;
+    let lost = issue_on(&gateway, "4000000000000004", "story-c").await;
+    let paused = issue_on(&gateway, "4000000000000011", "story-d").await;
+    let cancelled = issue_on(&gateway, "4000000000000012", "story-e").await;
 
     let a = store
         .insert_subscription(monthly(
@@ -94,7 +90,7 @@ async fn story(db: TestDb) {
     engine_settings.batch = 3;
     let engine = Engine::new(
         store.clone(),
-        client.clone(),
+        gateway,
         Arc::new(clock.clone()),
         engine_settings,
     );
@@ -212,7 +208,18 @@ async fn story(db: TestDb) {
         (e, "done"),
         "{label}"
     );
-    assert_eq!(removals[0].result_code.as_deref(), Some("F101"), "{label}");
+    let removed = match api {
+        ApiKind::Webapi => "F101",
+        ApiKind::V1 => "0000",
+    };
+    assert_eq!(removals[0].result_code.as_deref(), Some(removed), "{label}");
+    // Every approval went out on the configured API, under that API's shop.
+    let shop = match api {
+        ApiKind::Webapi => "nictest04m",
+        ApiKind::V1 => V1_SHOP,
+    };
+    assert!(ledger.iter().all(|l| l.mid == shop), "{label}");
+    assert!(charges.iter().all(|c| c.api == api.as_str()), "{label}");
     let d_events: Vec<String> = store
         .events(Some(d))
         .await

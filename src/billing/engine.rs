@@ -401,7 +401,13 @@ impl Engine {
         let (tid, moid, cycle) = (attempt.tid.clone(), attempt.moid.clone(), attempt.cycle);
         let (outcome, settledness) = self.send(attempt, self.aimd.epoch()).await;
         // On v1 the tid is NICEPAY's, learnt with the answer (if one came).
-        let tid = tid.or_else(|| outcome.result.tid.clone().and_then(|t| Tid::new(t).ok()));
+        let tid = tid.or_else(|| {
+            outcome
+                .result
+                .tid
+                .clone()
+                .and_then(|t| self.gateway.parse_tid(t).ok())
+        });
         let state = outcome.result.state;
         let code = outcome.result.result_code.clone();
         let msg = outcome
@@ -740,7 +746,7 @@ impl Engine {
         let mut in_flight = Vec::with_capacity(started.len());
         for (i, charge_id, tid) in started {
             let (valid, cycle, due_at, attempt, prior_declines, moid) = planned[i].clone();
-            let Ok(tid) = tid.map(Tid::new).transpose() else {
+            let Ok(tid) = tid.map(|t| self.gateway.parse_tid(t)).transpose() else {
                 continue;
             };
             in_flight.push(InFlight {
@@ -1104,7 +1110,7 @@ impl Engine {
                 let result = ChargeResult {
                     result_code: Some(self.gateway.approval_code().into()),
                     result_msg: Some("approved (found by status lookup)".into()),
-                    tid: Some(status.tid.to_string()),
+                    tid: status.tid.as_ref().map(Tid::to_string),
                     auth_code: status.auth_code,
                     auth_date: status.auth_date,
                     error_class: Some(Class::Approved.as_str().into()),
@@ -1118,7 +1124,7 @@ impl Engine {
                 // Approved once, cancelled since: not approved now. The cycle stays due.
                 let result = ChargeResult {
                     result_msg: Some("approved, then cancelled (status lookup)".into()),
-                    tid: Some(status.tid.to_string()),
+                    tid: status.tid.as_ref().map(Tid::to_string),
                     auth_code: status.auth_code,
                     auth_date: status.auth_date,
                     error_class: Some(Class::Unknown.as_str().into()),
@@ -1189,7 +1195,12 @@ impl Engine {
             tracing::error!(charge = charge.id, api = %charge.api, configured = %self.gateway.api(), "this attempt went out on another NICEPAY API than the one configured; it can only be looked up there (configure that API until it is resolved)");
             return Ok(None);
         }
-        let Ok(tid) = charge.tid.clone().map(Tid::new).transpose() else {
+        let Ok(tid) = charge
+            .tid
+            .clone()
+            .map(|t| self.gateway.parse_tid(t))
+            .transpose()
+        else {
             tracing::error!(charge = charge.id, tid = ?charge.tid, "stored TID is malformed; the attempt cannot be looked up");
             return Ok(None);
         };
@@ -1443,7 +1454,12 @@ impl Engine {
                 ),
             };
         }
-        let Ok(tid) = charge.tid.clone().map(Tid::new).transpose() else {
+        let Ok(tid) = charge
+            .tid
+            .clone()
+            .map(|t| self.gateway.parse_tid(t))
+            .transpose()
+        else {
             return LateFinding::NotFound;
         };
         let settles_at = later(charge.created_at.and_utc(), self.settings.settle());
@@ -1469,7 +1485,7 @@ impl Engine {
                     result_code: self.gateway.approval_code().into(),
                     auth_code: status.auth_code,
                     auth_date: status.auth_date,
-                    tid: Some(status.tid.to_string()),
+                    tid: status.tid.as_ref().map(Tid::to_string),
                 },
             },
         }

@@ -353,7 +353,7 @@ pub async fn status(config: &Path, args: StatusArgs) -> Result<(), CliError> {
         };
         println!(
             "{state} TID={} AuthCode={} AuthDate={}",
-            s.tid,
+            s.tid.as_ref().map_or("-", Tid::as_str),
             s.auth_code.as_deref().unwrap_or("-"),
             s.auth_date.as_deref().unwrap_or("-")
         )

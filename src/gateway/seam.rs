@@ -17,6 +17,8 @@ use super::nicepay::{
     Approval, ApproveRequest, BillkeyIssued, BillkeyRemoved, Buyer, CallError, CancelRequest,
     Cancellation, IssueRequest, NicepayClient, Reply, TxStatus,
 };
+use super::nicepay_v1::{self as v1, V1Client, V1Settings};
+use crate::clock::SharedClock;
 use crate::domain::{Bid, FieldError, Krw, Moid, Tid};
 
 /// Which of NICEPAY's APIs.
@@ -91,6 +93,7 @@ pub struct AttemptRef<'a> {
 #[derive(Debug)]
 pub enum Gateway {
     Webapi(Arc<NicepayClient>),
+    V1(Arc<V1Client>),
 }
 
 impl From<Arc<NicepayClient>> for Gateway {
@@ -100,12 +103,10 @@ impl From<Arc<NicepayClient>> for Gateway {
 }
 
 impl Gateway {
-    /// The v1 client. (Joins with the v1 client module.)
-    pub fn v1(
-        _settings: super::nicepay_v1::V1Settings,
-        _clock: crate::clock::SharedClock,
-    ) -> Result<Gateway, String> {
-        Err("NICEPAY v1 is not wired into this build yet".into())
+    /// NICEPAY's REST API (v1), with `clock` for its dates and the netcancel window.
+    pub fn v1(settings: V1Settings, clock: SharedClock) -> Result<Gateway, String> {
+        let client = V1Client::new(settings, clock).map_err(|e| e.to_string())?;
+        Ok(Gateway::V1(Arc::new(client)))
     }
 }
 
@@ -119,6 +120,7 @@ impl Gateway {
     pub fn api(&self) -> ApiKind {
         match self {
             Gateway::Webapi(_) => ApiKind::Webapi,
+            Gateway::V1(..) => ApiKind::V1,
         }
     }
 
@@ -126,6 +128,15 @@ impl Gateway {
     pub fn approval_code(&self) -> &'static str {
         match self {
             Gateway::Webapi(_) => super::nicepay::codes::CARD_APPROVED,
+            Gateway::V1(..) => v1::codes::SUCCESS,
+        }
+    }
+
+    /// A stored tid read back: ours on the web API (exactly 30 characters), NICEPAY's on v1.
+    pub fn parse_tid(&self, text: String) -> Result<Tid, FieldError> {
+        match self {
+            Gateway::Webapi(_) => Tid::new(text),
+            Gateway::V1(..) => Tid::issued(text),
         }
     }
 
@@ -136,6 +147,7 @@ impl Gateway {
                 TidFor::First => c.new_tid(),
                 TidFor::AfterCollision => c.new_tid_after_collision(),
             }),
+            Gateway::V1(..) => None,
         }
     }
 
@@ -166,6 +178,7 @@ impl Gateway {
                 };
                 c.approve_by(&request, send_by).await
             }
+            Gateway::V1(c) => v1::gateway::approve(c, req, send_by).await,
         }
     }
 
@@ -179,6 +192,7 @@ impl Gateway {
                     Err(FieldError::new("TID", "an attempt on the web API needs its TID").into())
                 }
             },
+            Gateway::V1(c) => v1::gateway::look_up(c, attempt, c.now()).await,
         }
     }
 
@@ -189,6 +203,7 @@ impl Gateway {
     ) -> Result<Reply<BillkeyRemoved>, CallError> {
         match self {
             Gateway::Webapi(c) => c.remove_billkey(bid, moid).await,
+            Gateway::V1(c) => v1::gateway::remove_billkey(c, bid, moid).await,
         }
     }
 
@@ -199,6 +214,7 @@ impl Gateway {
     ) -> Result<Reply<BillkeyIssued>, CallError> {
         match self {
             Gateway::Webapi(c) => c.issue_billkey(req).await,
+            Gateway::V1(c) => v1::gateway::issue_billkey(c, req).await,
         }
     }
 
@@ -206,6 +222,7 @@ impl Gateway {
     pub async fn cancel(&self, req: &CancelRequest) -> Result<Reply<Cancellation>, CallError> {
         match self {
             Gateway::Webapi(c) => c.cancel(req).await,
+            Gateway::V1(c) => v1::gateway::cancel(c, req).await,
         }
     }
 
@@ -213,6 +230,7 @@ impl Gateway {
     pub async fn status(&self, tid: &Tid) -> Result<Reply<TxStatus>, CallError> {
         match self {
             Gateway::Webapi(c) => c.status(tid).await,
+            Gateway::V1(c) => v1::gateway::status(c, tid).await,
         }
     }
 
@@ -223,8 +241,8 @@ impl Gateway {
         moid: &Moid,
         sent_at: DateTime<Utc>,
     ) -> Result<Reply<TxStatus>, CallError> {
-        let _ = (moid, sent_at);
         match self {
+            Gateway::V1(c) => v1::gateway::status_by_order(c, moid, sent_at).await,
             Gateway::Webapi(_) => Err(FieldError::new(
                 "order id",
                 "the web API looks transactions up by TID only; give the TID (or use api = \"v1\")",
@@ -237,6 +255,7 @@ impl Gateway {
     pub fn webapi(&self) -> Option<&NicepayClient> {
         match self {
             Gateway::Webapi(c) => Some(c),
+            Gateway::V1(..) => None,
         }
     }
 }

@@ -19,12 +19,14 @@ pub use sim_api::{client_at, ledger, requests};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nicebill::clock::SystemClock;
+use nicebill::clock::{SharedClock, SystemClock};
 use nicebill::domain::{Bid, CardDetails, Krw, MerchantKey, Mid, Moid, Tid};
 use nicebill::gateway::nicepay::client::BaseUrl;
 use nicebill::gateway::nicepay::{
     ApproveRequest, Buyer, Charset, ClientSettings, EdiType, IssueRequest, NicepayClient,
 };
+use nicebill::gateway::nicepay_v1::{ClientKey, SecretKey, V1Settings};
+use nicebill::gateway::{ApiKind, Gateway};
 use nicebill::sim::{SimConfig, SimHandle};
 
 pub const KEY: &str =
@@ -89,6 +91,58 @@ pub fn approve_request(bid: &Bid, tid: Tid, moid: &str, amount: i64) -> ApproveR
             tel: Some("010-1234-5678".into()),
         },
         mall_reserved: Some("메모 memo".into()),
+    }
+}
+
+/// The simulator's first v1 shop (the manual's sandbox keys): client key and secret key.
+pub const V1_CLIENT_KEY: &str = "58e3b578555e45738d6b569e53d5ae54";
+pub const V1_SECRET_KEY: &str = "4f13ca267dfa4fc6964148bedcda15ef";
+/// The name the simulator's ledger gives that shop.
+pub const V1_SHOP: &str = "nicv1sbx0m";
+
+pub fn v1_settings(base_url: &str) -> V1Settings {
+    let mut s = V1Settings::new(
+        BaseUrl::parse(base_url).unwrap(),
+        ClientKey::new(V1_CLIENT_KEY).unwrap(),
+        SecretKey::new(V1_SECRET_KEY).unwrap(),
+    );
+    s.connect_timeout = Duration::from_secs(2);
+    s.read_timeout = Duration::from_secs(2);
+    s
+}
+
+/// A gateway on either API for the simulator at `base_url`, on `clock`.
+pub fn gateway_for(api: ApiKind, base_url: &str, clock: SharedClock) -> Gateway {
+    match api {
+        ApiKind::Webapi => Gateway::from(
+            NicepayClient::new(settings(base_url, Charset::EucKr, EdiType::Json), clock).unwrap(),
+        ),
+        ApiKind::V1 => Gateway::v1(v1_settings(base_url), clock).unwrap(),
+    }
+}
+
+/// Issues a billkey through either API.
+pub async fn issue_on(gateway: &Gateway, number: &str, moid: &str) -> Bid {
+    let reply = gateway
+        .issue_billkey(&IssueRequest {
+            moid: Moid::new(moid).unwrap(),
+            card: card(number),
+            buyer: Buyer::default(),
+        })
+        .await
+        .expect("billkey issue answered");
+    reply
+        .data
+        .unwrap_or_else(|| panic!("no BID: {} {}", reply.result_code, reply.result_msg))
+        .bid
+}
+
+/// Both APIs, or the one `NICEBILL_TEST_API` names (`webapi` or `v1`).
+pub fn apis() -> Vec<ApiKind> {
+    match std::env::var("NICEBILL_TEST_API").ok().as_deref() {
+        Some("webapi") => vec![ApiKind::Webapi],
+        Some("v1") => vec![ApiKind::V1],
+        _ => vec![ApiKind::Webapi, ApiKind::V1],
     }
 }
 

@@ -233,7 +233,8 @@ pub enum TxState {
 /// taking an approval as ours.
 #[derive(Clone, Debug, Serialize)]
 pub struct TxStatus {
-    pub tid: Tid,
+    /// The transaction's tid; `None` only when nothing was found under an order id (v1).
+    pub tid: Option<Tid>,
     pub state: TxState,
     pub auth_code: Option<String>,
     pub auth_date: Option<String>,
@@ -309,6 +310,18 @@ pub enum CallError {
         failure: Transport,
         detail: String,
     },
+    /// A v1 call that produced no answer: classified by v1's own table.
+    #[error("{0}")]
+    V1(Box<crate::gateway::nicepay_v1::V1CallError>),
+}
+
+impl From<crate::gateway::nicepay_v1::V1CallError> for CallError {
+    fn from(e: crate::gateway::nicepay_v1::V1CallError) -> Self {
+        match e {
+            crate::gateway::nicepay_v1::V1CallError::Input(f) => CallError::Input(f),
+            other => CallError::V1(Box::new(other)),
+        }
+    }
 }
 
 impl CallError {
@@ -316,6 +329,7 @@ impl CallError {
         match self {
             CallError::Input(_) => Class::RequestError,
             CallError::Transport { failure, .. } => codes::classify_transport(*failure),
+            CallError::V1(e) => e.class(),
         }
     }
 
@@ -787,7 +801,7 @@ fn tx_status(tid: &Tid, f: &Fields) -> Result<TxStatus, ExtractError> {
         None => None,
     };
     Ok(TxStatus {
-        tid: tid.clone(),
+        tid: Some(tid.clone()),
         state,
         auth_code: f.opt("AuthCode"),
         auth_date: f.opt("AuthDate"),
@@ -920,7 +934,7 @@ mod tests {
 
     fn looked_up(moid: Option<&str>, amount: Option<i64>) -> TxStatus {
         TxStatus {
-            tid: Tid::new(TID).unwrap(),
+            tid: Some(Tid::new(TID).unwrap()),
             state: TxState::Approved,
             auth_code: None,
             auth_date: None,

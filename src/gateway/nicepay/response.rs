@@ -80,6 +80,11 @@ impl Fields {
         )
     }
 
+    /// Fields from any answer already read into a map (v1's JSON answers, flattened).
+    pub fn from_map(map: BTreeMap<String, String>) -> Self {
+        Self(map)
+    }
+
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.0
     }

@@ -150,6 +150,11 @@ impl V1Client {
         })
     }
 
+    /// The time on this client's clock (dates and windows are counted on it).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
     pub fn settings(&self) -> &V1Settings {
         &self.settings
     }

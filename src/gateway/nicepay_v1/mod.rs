@@ -10,6 +10,7 @@ pub mod client;
 pub mod codes;
 pub mod crypto;
 pub mod fields;
+pub mod gateway;
 pub mod keys;
 pub mod settings;
 pub mod types;

@@ -136,6 +136,26 @@ impl Status {
     }
 }
 
+impl Status {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Status::Paid => "paid",
+            Status::Ready => "ready",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::PartialCancelled => "partialCancelled",
+            Status::Expired => "expired",
+            Status::Other(s) => s,
+        }
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl<'de> Deserialize<'de> for Status {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Status::from_wire(&String::deserialize(d)?))
@@ -173,7 +193,7 @@ fn str_or_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error
 }
 
 /// The payment object's `card`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Card {
     pub card_code: Option<String>,
@@ -191,7 +211,7 @@ pub struct Card {
 }
 
 /// One entry of `cancels[]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CancelEntry {
     pub tid: Option<String>,
@@ -203,7 +223,7 @@ pub struct CancelEntry {
 }
 
 /// The payment object (approve, cancel, netcancel, lookup answers).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Payment {
     pub result_code: String,
@@ -236,7 +256,7 @@ pub struct Payment {
 }
 
 /// The regist answer: camelCase, PascalCase accepted too (choice 19).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RegistAnswer {
     #[serde(alias = "ResultCode")]
@@ -259,7 +279,7 @@ pub struct RegistAnswer {
 }
 
 /// The expire answer.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ExpireAnswer {
     pub result_code: String,
