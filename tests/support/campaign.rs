@@ -15,9 +15,11 @@ use nicebill::sim::{LedgerEntry, LedgerState};
 use nicebill::storage::Store;
 use nicebill::storage::models::NewSubscription;
 
+use super::V1_SHOP;
 use super::config::{ConfigFile, TIMEOUTS_1S};
 use super::process::{bin, log_file};
-use super::sim_api::client_at;
+use nicebill::clock::SystemClock;
+use nicebill::gateway::ApiKind;
 
 // ---------------------------------------------------------------------------------------------
 // Scale
@@ -101,8 +103,30 @@ pub fn write_config(
     concurrency: usize,
     json_logs: bool,
 ) -> PathBuf {
+    write_config_on(
+        ApiKind::Webapi,
+        dir,
+        name,
+        sim_url,
+        db_url,
+        concurrency,
+        json_logs,
+    )
+}
+
+/// [`write_config`] for either NICEPAY API.
+pub fn write_config_on(
+    api: ApiKind,
+    dir: &Path,
+    name: &str,
+    sim_url: &str,
+    db_url: &str,
+    concurrency: usize,
+    json_logs: bool,
+) -> PathBuf {
     let config = dir.join(format!("{name}.toml"));
     ConfigFile::new(sim_url)
+        .api(api)
         .name(name)
         .nicepay(TIMEOUTS_1S)
         .database(db_url)
@@ -176,7 +200,17 @@ pub fn card_numbers(series: u32, n: usize) -> Vec<String> {
 
 /// Issues a billkey per card at the simulator at `sim_url`, 16 at a time, in-process.
 pub async fn issue_billkeys(sim_url: &str, cards: &[String], tag: &str) -> Vec<Bid> {
-    let client = &Arc::new(client_at(sim_url));
+    issue_billkeys_on(ApiKind::Webapi, sim_url, cards, tag).await
+}
+
+/// [`issue_billkeys`] through either NICEPAY API.
+pub async fn issue_billkeys_on(
+    api: ApiKind,
+    sim_url: &str,
+    cards: &[String],
+    tag: &str,
+) -> Vec<Bid> {
+    let client = &Arc::new(super::gateway_for(api, sim_url, Arc::new(SystemClock)));
     let permits = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, number) in cards.iter().enumerate() {
@@ -194,8 +228,11 @@ pub async fn issue_billkeys(sim_url: &str, cards: &[String], tag: &str) -> Vec<B
                 })
                 .await
                 .expect("billkey issue answered");
-            assert_eq!(reply.result_code, "F100", "{}", reply.result_msg);
-            (i, reply.data.expect("F100 carries a BID").bid)
+            let bid = reply
+                .data
+                .unwrap_or_else(|| panic!("no BID: {} {}", reply.result_code, reply.result_msg))
+                .bid;
+            (i, bid)
         });
     }
     let mut bids: Vec<Option<Bid>> = vec![None; cards.len()];
@@ -405,6 +442,13 @@ pub async fn verdict(label: &str, store: &Store, ledger: &[LedgerEntry]) -> Tall
 /// The verdict's findings (empty when all is well) and counts.
 pub async fn verdict_findings(store: &Store, ledger: &[LedgerEntry]) -> (Vec<String>, Tally) {
     let charges = store.charges(None).await.unwrap();
+    // On v1 an approval that landed after its lookup found nothing is netcancelled: it stays
+    // in the ledger as cancelled, and its attempt must not be recorded as approved.
+    let (cancelled, ledger): (Vec<LedgerEntry>, Vec<LedgerEntry>) = ledger
+        .iter()
+        .cloned()
+        .partition(|e| e.mid == V1_SHOP && e.state == LedgerState::Cancelled);
+    let ledger = ledger.as_slice();
     let subscriptions = store.subscriptions().await.unwrap();
     let events = store.events(None).await.unwrap();
     let now = chrono::Utc::now().naive_utc();
@@ -437,7 +481,7 @@ pub async fn verdict_findings(store: &Store, ledger: &[LedgerEntry]) -> (Vec<Str
             Some((id, cycle, _)) => at_gateway.entry((id, cycle)).or_default().push(e),
             None => failures.push(format!("ledger Moid {} is not S…-C…-A…", e.moid)),
         }
-        if e.mid != "nictest04m" || e.state != LedgerState::Approved {
+        if !matches!(e.mid.as_str(), "nictest04m" | V1_SHOP) || e.state != LedgerState::Approved {
             failures.push(format!(
                 "ledger entry {} is {:?} for {}",
                 e.tid, e.state, e.mid
@@ -490,6 +534,19 @@ pub async fn verdict_findings(store: &Store, ledger: &[LedgerEntry]) -> (Vec<Str
                     e.tid, e.moid, e.amount, c.moid, c.amount
                 ))
             }
+            Some(_) => {}
+        }
+    }
+    for e in &cancelled {
+        match charges.iter().find(|c| c.moid == e.moid) {
+            None => failures.push(format!(
+                "netcancelled approval {} ({}) has no attempt in the database",
+                e.tid, e.moid
+            )),
+            Some(c) if c.state == "approved" => failures.push(format!(
+                "netcancelled approval {} ({}) is recorded as approved",
+                e.tid, e.moid
+            )),
             Some(_) => {}
         }
     }

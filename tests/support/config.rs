@@ -4,6 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use nicebill::gateway::ApiKind;
+
 /// `[nicepay]` read and connect timeouts of a second, as most process tests use.
 pub const TIMEOUTS_1S: &str = "connect_timeout = \"1s\"\nread_timeout = \"1s\"\n";
 
@@ -17,6 +19,7 @@ pub struct ConfigFile {
     nicepay: String,
     database: Option<String>,
     sections: String,
+    api: ApiKind,
 }
 
 impl ConfigFile {
@@ -28,7 +31,18 @@ impl ConfigFile {
             nicepay: String::new(),
             database: None,
             sections: String::new(),
+            api: ApiKind::Webapi,
         }
+    }
+
+    /// Which NICEPAY API `[nicepay]` configures (default the web API). On v1 the shop is the
+    /// simulator's first v1 shop ([`super::V1_CLIENT_KEY`]), its secret in `secret.key`.
+    pub fn api(mut self, api: ApiKind) -> ConfigFile {
+        self.api = api;
+        if api == ApiKind::V1 {
+            self.key = super::V1_SECRET_KEY.into();
+        }
+        self
     }
 
     /// The file is `{name}.toml` (default `nicebill.toml`).
@@ -66,15 +80,27 @@ impl ConfigFile {
     /// path.
     pub fn write(self, dir: &Path) -> PathBuf {
         let private = || std::fs::Permissions::from_mode(0o600);
-        let key = dir.join("merchant.key");
+        let key = dir.join(match self.api {
+            ApiKind::Webapi => "merchant.key",
+            ApiKind::V1 => "secret.key",
+        });
         std::fs::write(&key, &self.key).unwrap();
         std::fs::set_permissions(&key, private()).unwrap();
-        let mut text = format!(
-            "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_file = \"{}\"\nbase_url = \"{}\"\n{}",
-            key.display(),
-            self.base_url,
-            self.nicepay
-        );
+        let mut text = match self.api {
+            ApiKind::Webapi => format!(
+                "[nicepay]\nmid = \"nictest04m\"\nmerchant_key_file = \"{}\"\nbase_url = \"{}\"\n{}",
+                key.display(),
+                self.base_url,
+                self.nicepay
+            ),
+            ApiKind::V1 => format!(
+                "[nicepay]\napi = \"v1\"\nclient_key = \"{}\"\nsecret_key_file = \"{}\"\nbase_url = \"{}\"\n{}",
+                super::V1_CLIENT_KEY,
+                key.display(),
+                self.base_url,
+                self.nicepay
+            ),
+        };
         if let Some(url) = &self.database {
             text.push_str(&format!("\n[database]\nurl = \"{url}\"\n"));
         }

@@ -146,6 +146,25 @@ pub fn apis() -> Vec<ApiKind> {
     }
 }
 
+/// The shop name the simulator's ledger gives each API's test merchant.
+pub fn shop(api: ApiKind) -> &'static str {
+    match api {
+        ApiKind::Webapi => "nictest04m",
+        ApiKind::V1 => V1_SHOP,
+    }
+}
+
+/// Every API ([`apis`]) with every database ([`databases`]), a fresh database for each API.
+pub async fn every_api_and_db(test: &str) -> Vec<(ApiKind, TestDb)> {
+    let mut out = Vec::new();
+    for api in apis() {
+        for db in databases(&format!("{test}_{api}")).await {
+            out.push((api, db));
+        }
+    }
+    out
+}
+
 /// A Postgres URL from the environment, or `None` after saying the test skipped.
 pub fn postgres_url(test: &str) -> Option<String> {
     match std::env::var("NICEBILL_TEST_POSTGRES_URL") {
