@@ -375,8 +375,9 @@ impl Config {
         let nicepay =
             nicepay(raw.nicepay, file, &env, &mut warnings).map_err(|(k, p)| invalid(k, p))?;
         let database = database(&raw.database).map_err(|(k, p)| invalid(k, p))?;
-        let (scheduler, policy) =
+        let (scheduler, mut policy) =
             scheduling(&raw.scheduler, &raw.retry).map_err(|(k, p)| invalid(k, p))?;
+        policy.api = nicepay.api();
         let log = LogConfig::from_raw(&raw.log).map_err(|(k, p)| invalid(k, p))?;
         let webhook = webhook(&raw.webhook, &env, &mut warnings).map_err(|(k, p)| invalid(k, p))?;
         let health = HealthConfig {
@@ -1059,6 +1060,8 @@ fn scheduling(s: &RawScheduler, r: &RawRetry) -> Result<(SchedulerConfig, Policy
         request_error_retry: REQUEST_ERROR_RETRY
             .read(&r.request_error_retry, policy_defaults.request_error_retry)?,
         resend_after: RESEND_AFTER.read(&r.resend_after, policy_defaults.resend_after)?,
+        // From `[nicepay] api`, once that is read.
+        api: policy_defaults.api,
     };
     let scheduler = SchedulerConfig {
         tick,

@@ -187,3 +187,60 @@ async fn lookups_by_tid_and_order_tell_the_same_truth() {
     );
     sim.shutdown().await;
 }
+
+/// A row that fits the web API's limits but not v1's is refused before anything is sent, the
+/// column named; a telephone number with dashes is sent as its digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_are_held_to_v1_limits_before_sending() {
+    for db in databases("v1_limits").await {
+        let label = db.label;
+        let clock = ManualClock::new(kst("2027-03-02 10:00"));
+        let mut config = SimConfig::new(([127, 0, 0, 1], 0).into());
+        config.clock = Arc::new(clock.clone());
+        let sim = SimHandle::start(config).await.unwrap();
+        let gateway = gateway_for(ApiKind::V1, &sim.base_url(), Arc::new(clock.clone()));
+        let bid = issue_on(&gateway, "9410123456780000", "v1-limits-issue").await;
+        let store = db.store.clone();
+        let mut long = monthly("v1-long-name", &bid, 1_000, clock.now());
+        // 14 Hangul syllables: 28 bytes in EUC-KR, 42 in UTF-8 (v1 allows 40).
+        long.goods_name = "가".repeat(14);
+        let long = store.insert_subscription(long).await.unwrap();
+        let mut dashed = monthly("v1-dashed-tel", &bid, 1_000, clock.now());
+        dashed.buyer_tel = Some("010-1234-5678".into());
+        let dashed = store.insert_subscription(dashed).await.unwrap();
+        let engine = Engine::new(
+            store.clone(),
+            gateway,
+            Arc::new(clock.clone()),
+            EngineSettings::new(
+                "v1-limits".into(),
+                Policy::default(),
+                Duration::from_secs(2),
+            ),
+        );
+        engine.pass().await.unwrap();
+        let subs = store.subscriptions().await.unwrap();
+        let s = subs.iter().find(|s| s.id == long).unwrap();
+        assert_eq!(s.status, "invalid", "{label}: {s:?}");
+        assert!(
+            s.status_reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("goods_name"),
+            "{label}: {s:?}"
+        );
+        let ledger = sim.ledger();
+        assert_eq!(ledger.len(), 1, "{label}: {ledger:?}");
+        assert_eq!(ledger[0].moid, format!("S{dashed}-C1-A1"), "{label}");
+        assert_eq!(
+            ledger[0].buyer_tel.as_deref(),
+            Some("01012345678"),
+            "{label}"
+        );
+        assert!(
+            store.charges(Some(long)).await.unwrap().is_empty(),
+            "{label}"
+        );
+        sim.shutdown().await;
+    }
+}

@@ -276,11 +276,14 @@ impl Engine {
         store: Store,
         gateway: impl Into<Gateway>,
         clock: SharedClock,
-        settings: EngineSettings,
+        mut settings: EngineSettings,
     ) -> Self {
+        let gateway: Gateway = gateway.into();
+        // Rows are checked against the limits of the API they will be sent on.
+        settings.policy.api = gateway.api();
         Self {
             store,
-            gateway: Arc::new(gateway.into()),
+            gateway: Arc::new(gateway),
             clock,
             stats: Arc::new(Stats::default()),
             stopping: Arc::new(AtomicBool::new(false)),

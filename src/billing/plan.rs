@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{BillingState, MerchantRow, MerchantStatus, SubscriptionId, SubscriptionStatus};
 use crate::domain::{Bid, FieldError, Krw, Moid};
+use crate::gateway::ApiKind;
 use crate::gateway::nicepay::{Buyer, Class, check_card_quota, check_goods_name, form, limits};
 use crate::schedule::{
     CatchUp, Cycle, DueNow, FirstAfter, IntervalUnit, Schedule, Skipped, parse_timezone,
@@ -48,6 +49,9 @@ pub struct Policy {
     /// After an attempt that never reached NICEPAY (or was found never to have been approved):
     /// try again this much later.
     pub resend_after: Duration,
+    /// The NICEPAY API rows are sent on: its field rules apply ([`validate`]). The engine sets
+    /// it from its gateway.
+    pub api: ApiKind,
 }
 
 impl Default for Policy {
@@ -60,6 +64,7 @@ impl Default for Policy {
             moid_prefix: String::new(),
             request_error_retry: Duration::from_secs(3600),
             resend_after: Duration::from_secs(60),
+            api: ApiKind::Webapi,
         }
     }
 }
@@ -112,21 +117,11 @@ pub fn validate(row: &MerchantRow, policy: &Policy) -> Result<Valid, FieldError>
         ));
     }
     let bid = Bid::new(row.bid.as_str()).map_err(|e| FieldError::new("bid", e.problem))?;
-    check_goods_name(&row.goods_name).map_err(|e| FieldError::new("goods_name", e.problem))?;
-    let buyer = Buyer {
+    let mut buyer = Buyer {
         name: row.buyer_name.clone(),
         email: row.buyer_email.clone(),
         tel: row.buyer_tel.clone(),
     };
-    for (field, value, max) in [
-        ("buyer_name", &buyer.name, limits::BUYER_NAME),
-        ("buyer_email", &buyer.email, limits::BUYER_EMAIL),
-        ("buyer_tel", &buyer.tel, limits::BUYER_TEL),
-    ] {
-        if let Some(v) = value {
-            form::euc_kr_limited(field, v, max)?;
-        }
-    }
     check_card_quota("card_quota", &row.card_quota)?;
     let interest_free = match row.card_interest.as_str() {
         "0" => false,
@@ -138,6 +133,22 @@ pub fn validate(row: &MerchantRow, policy: &Policy) -> Result<Valid, FieldError>
             ));
         }
     };
+    match policy.api {
+        ApiKind::Webapi => {
+            check_goods_name(&row.goods_name)
+                .map_err(|e| FieldError::new("goods_name", e.problem))?;
+            for (field, value, max) in [
+                ("buyer_name", &buyer.name, limits::BUYER_NAME),
+                ("buyer_email", &buyer.email, limits::BUYER_EMAIL),
+                ("buyer_tel", &buyer.tel, limits::BUYER_TEL),
+            ] {
+                if let Some(v) = value {
+                    form::euc_kr_limited(field, v, max)?;
+                }
+            }
+        }
+        ApiKind::V1 => validate_v1(row, interest_free, &mut buyer)?,
+    }
     let tz = match &row.timezone {
         Some(name) if !name.trim().is_empty() => {
             parse_timezone("timezone", name).map_err(|e| FieldError::new(e.field, e.problem))?
@@ -169,6 +180,49 @@ pub fn validate(row: &MerchantRow, policy: &Policy) -> Result<Valid, FieldError>
         schedule,
         cancel_at_period_end: row.cancel_at_period_end,
     })
+}
+
+/// NICEPAY v1's rules for the columns it sends (limits in UTF-8 bytes, `nicepay_v1::fields`);
+/// the error names the column. A telephone number is sent as its digits (v1 takes digits only),
+/// so `010-1234-5678` stays a valid column.
+fn validate_v1(
+    row: &MerchantRow,
+    interest_free: bool,
+    buyer: &mut Buyer,
+) -> Result<(), FieldError> {
+    use crate::gateway::nicepay_v1::fields;
+    let named = |column: &'static str| move |e: FieldError| FieldError::new(column, e.problem);
+    fields::goods_name(&row.goods_name).map_err(named("goods_name"))?;
+    if row.card_quota != "00" {
+        return Err(FieldError::new(
+            "card_quota",
+            format!(
+                "{:?}: NICEPAY v1 billing is sent as a lump sum only (\"00\")",
+                row.card_quota
+            ),
+        ));
+    }
+    if interest_free {
+        return Err(FieldError::new(
+            "card_interest",
+            "merchant-paid interest-free months are not sent on NICEPAY v1 (lump sum only)",
+        ));
+    }
+    if let Some(name) = &buyer.name {
+        fields::buyer_name(name).map_err(named("buyer_name"))?;
+    }
+    if let Some(email) = &buyer.email {
+        fields::buyer_email(email).map_err(named("buyer_email"))?;
+    }
+    if let Some(tel) = &buyer.tel {
+        let digits: String = tel
+            .chars()
+            .filter(|c| !matches!(c, '-' | ' ' | '.' | '(' | ')'))
+            .collect();
+        fields::buyer_tel(&digits).map_err(named("buyer_tel"))?;
+        buyer.tel = Some(digits);
+    }
+    Ok(())
 }
 
 /// The Moid of one attempt: deterministic, so a restart derives the same one.
@@ -467,6 +521,46 @@ mod tests {
 
     fn valid() -> Valid {
         validate(&row(), &Policy::default()).unwrap()
+    }
+
+    #[test]
+    fn rows_are_checked_by_the_rules_of_the_api_they_go_out_on() {
+        let v1 = Policy {
+            api: ApiKind::V1,
+            ..Policy::default()
+        };
+        let webapi = Policy::default();
+        // A telephone number with dashes: as written on the web API, its digits on v1.
+        let mut r = row();
+        r.buyer_tel = Some("010-1234-5678".into());
+        assert_eq!(
+            validate(&r, &webapi).unwrap().buyer.tel.as_deref(),
+            Some("010-1234-5678")
+        );
+        assert_eq!(
+            validate(&r, &v1).unwrap().buyer.tel.as_deref(),
+            Some("01012345678")
+        );
+        // 14 Hangul syllables: 28 bytes in EUC-KR (fits 40), 42 in UTF-8 (does not).
+        let mut r = row();
+        r.goods_name = "가".repeat(14);
+        assert!(validate(&r, &webapi).is_ok());
+        let e = validate(&r, &v1).unwrap_err();
+        assert_eq!(e.field, "goods_name", "{e}");
+        // Instalments and merchant-paid interest are not sent on v1.
+        let mut r = row();
+        r.card_quota = "03".into();
+        assert!(validate(&r, &webapi).is_ok());
+        assert_eq!(validate(&r, &v1).unwrap_err().field, "card_quota");
+        let mut r = row();
+        r.card_interest = "1".into();
+        assert!(validate(&r, &webapi).is_ok());
+        assert_eq!(validate(&r, &v1).unwrap_err().field, "card_interest");
+        // Not a telephone number at all.
+        let mut r = row();
+        r.buyer_tel = Some("call me".into());
+        assert_eq!(validate(&r, &v1).unwrap_err().field, "buyer_tel");
+        assert!(validate(&row(), &v1).is_ok());
     }
 
     fn fresh() -> BillingState {
