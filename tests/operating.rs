@@ -309,6 +309,52 @@ fn the_demo_runs_and_its_ledger_agrees() {
     }
 }
 
+#[test]
+fn the_demo_tells_the_same_story_on_v1() {
+    let out = nicebill(None)
+        .args(["demo", "--api", "v1", "--months", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("REST API v1, shop nicv1sbx0m"), "{stdout}");
+    assert!(stdout.contains("they agree"), "{stdout}");
+    // The same story as on the web API: 11 approvals in three months, the same statuses.
+    assert!(
+        stdout.contains("simulator ledger: 11 approvals"),
+        "{stdout}"
+    );
+    for name in ["removed (0000)", "card_invalid", "past_due"] {
+        assert!(stdout.contains(name), "demo output lacks {name}:\n{stdout}");
+    }
+    assert!(stdout.contains("Jan 31, Feb 28, Mar 31"), "{stdout}");
+    let out = nicebill(None)
+        .args(["demo", "--api", "v1", "--protocol"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for step in [
+        "status lookup by order id",
+        "0000 Some(Approved)",
+        "0000 CancelAmt=9900 RemainAmt=0",
+        "0000 Some(Cancelled)",
+        "[permanent_card]",
+    ] {
+        assert!(
+            stdout.contains(step),
+            "demo --protocol on v1 lacks {step:?}:\n{stdout}"
+        );
+    }
+    // The web API's answer format does not apply to v1.
+    let out = nicebill(None)
+        .args(["demo", "--api", "v1", "--charset", "utf-8"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--charset"), "{}", text(&out));
+}
+
 /// The benchmark command works end to end (its figures are not judged here: timing belongs to
 /// `bench/RESULTS.md`, not to tests).
 #[test]

@@ -8,14 +8,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 
 use super::CliError;
+use super::demo::{DemoArgs, demo_gateway};
 use crate::billing::engine::{Engine, EngineSettings, PassReport};
 use crate::billing::plan::Policy;
 use crate::clock::{Clock, ManualClock};
 use crate::domain::{CardDetails, Moid};
-use crate::gateway::nicepay::client::BaseUrl;
-use crate::gateway::nicepay::{
-    Buyer, Charset, ClientSettings, EdiType, IssueRequest, NicepayClient,
-};
+use crate::gateway::nicepay::{Buyer, IssueRequest};
 use crate::sim::{SimConfig, SimHandle};
 use crate::storage::models::NewSubscription;
 use crate::storage::{DbUrl, Store};
@@ -116,14 +114,15 @@ fn won(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
-pub async fn run(months: u32, charset: Charset, edi_type: EdiType) -> Result<(), CliError> {
+pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
+    let months = args.months;
     let started = std::time::Instant::now();
     let start = kst("2027-01-01 00:00")?;
     let clock = ManualClock::new(start);
     let mut sim_config = SimConfig::new(([127, 0, 0, 1], 0).into());
     sim_config.clock = Arc::new(clock.clone());
     let sim = SimHandle::start(sim_config).await?;
-    let result = simulate(&sim, &clock, months, charset, edi_type).await;
+    let result = simulate(&sim, &clock, months, args).await;
     sim.shutdown().await;
     result?;
     println!("\n(finished in {:.1} s)", started.elapsed().as_secs_f64());
@@ -134,8 +133,7 @@ async fn simulate(
     sim: &SimHandle,
     clock: &ManualClock,
     months: u32,
-    charset: Charset,
-    edi_type: EdiType,
+    args: &DemoArgs,
 ) -> Result<(), CliError> {
     // Declared first, so dropped (and deleted) after everything that uses the database.
     let dir = tempfile::Builder::new()
@@ -151,31 +149,20 @@ async fn simulate(
     };
     store.migrate().await.map_err(|e| fail("migrations", e))?;
 
-    let (mid, key) = SimConfig::default_merchants()
-        .into_iter()
-        .next()
-        .ok_or_else(|| fail("simulator", "no merchant"))?;
-    let mut settings = ClientSettings::new(BaseUrl::parse(&sim.base_url())?, mid, key);
-    settings.charset = charset;
-    settings.edi_type = edi_type;
-    settings.connect_timeout = Duration::from_secs(2);
-    settings.read_timeout = Duration::from_secs(5);
     let shared_clock: crate::clock::SharedClock = Arc::new(clock.clone());
-    let client =
-        NicepayClient::new(settings, shared_clock.clone()).map_err(|e| fail("client", e))?;
+    let (client, who) = demo_gateway(sim, args, shared_clock.clone())?;
 
     println!("nicebill demo: {months} months of billing, simulated on a fast clock");
     println!("  database   {url} (temporary)");
     println!(
-        "  NICEPAY    built-in simulator at {} (MID {})",
-        sim.base_url(),
-        client.mid()
+        "  NICEPAY    built-in simulator at {} ({who})",
+        sim.base_url()
     );
     println!("  dunning    retry after 1, 3 and 5 days, then past_due\n");
 
     let mut ids = Vec::new();
     for plan in PLANS {
-        let card = CardDetails::new(plan.card, "30", "12", "", "")?;
+        let card = CardDetails::new(plan.card, "30", "12", "880229", "37")?;
         let issued = client
             .issue_billkey(&IssueRequest {
                 moid: Moid::new(format!("{}-billkey", plan.external_id))?,
@@ -358,6 +345,8 @@ async fn simulate(
         })
         .collect();
     println!("demo-month-end was charged on: {}", month_end.join(", "));
-    println!("try: nicebill demo --months 12, nicebill demo --protocol, nicebill --help");
+    println!(
+        "try: nicebill demo --months 12, nicebill demo --api v1, nicebill demo --protocol, nicebill --help"
+    );
     Ok(())
 }

@@ -43,7 +43,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the NICEPAY simulator (for tests and demos; loopback only).
+    /// Run the NICEPAY simulator (for tests and demos; loopback only). One port serves both
+    /// APIs: the legacy web API (`/webapi/…`, test merchant nictest04m) and the REST API v1
+    /// (`/v1/…`, NICEPAY's published sandbox keys as shops; `--v1-merchant` adds more), so a
+    /// configuration with `api = "v1"` or `api = "webapi"` points at the same URL.
     Sim(crate::sim::SimArgs),
     /// Issue or remove a billkey.
     #[command(subcommand)]
