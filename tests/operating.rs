@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+#[allow(unused_imports)]
+use nicebill::gateway::ApiKind;
 use nicebill::gateway::nicepay::{Charset, EdiType};
 use support::*;
 
@@ -255,6 +257,48 @@ async fn health_logs_check_config_and_charge_now() {
             "{label}: {}",
             text(&out)
         );
+    }
+}
+
+/// `charge-now` on a subscription the merchant just wrote, before any pass has seen it: charged
+/// once (it used to be refused as "being charged right now").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charge_now_charges_a_subscription_no_pass_has_seen() {
+    for (api, db) in every_api_and_db("charge_now_new").await {
+        let label = format!("{} on {api}", db.label);
+        let (_sim, sim_url) = spawn_sim(&[]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = ConfigFile::new(&sim_url)
+            .api(api)
+            .nicepay(config::TIMEOUTS_1S)
+            .database(&db.url)
+            .write(dir.path());
+        let gateway = gateway_for(
+            api,
+            &sim_url,
+            std::sync::Arc::new(nicebill::clock::SystemClock),
+        );
+        let bid = issue_on(&gateway, "9410123456780000", &format!("cn-{}", db.label)).await;
+        let anchor = chrono::Utc::now() - chrono::Duration::minutes(1);
+        let id = db
+            .store
+            .insert_subscription(monthly("cn-new", &bid, 2_000, anchor))
+            .await
+            .unwrap();
+        let out = run(&config, &["charge-now", "cn-new"]);
+        assert_eq!(out.status.code(), Some(0), "{label}: {}", text(&out));
+        assert!(text(&out).contains("approved"), "{label}: {}", text(&out));
+        let out = run(&config, &["charge-now", "cn-new"]);
+        assert_eq!(out.status.code(), Some(0), "{label}: {}", text(&out));
+        assert!(
+            text(&out).contains("nothing due now"),
+            "{label}: {}",
+            text(&out)
+        );
+        let charges = db.store.charges(Some(id)).await.unwrap();
+        assert_eq!(charges.len(), 1, "{label}: {charges:?}");
+        assert_eq!(charges[0].state, "approved", "{label}");
+        assert_eq!(ledger(&sim_url).await.len(), 1, "{label}");
     }
 }
 

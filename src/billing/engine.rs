@@ -345,15 +345,22 @@ impl Engine {
             .await
     }
 
+    /// Takes in what the merchant wrote since the last look: new rows, status and card changes
+    /// (the first step of every pass; `charge-now` takes it too, so a row no pass has seen yet
+    /// can be charged). Returns how many rows were found invalid.
+    pub async fn notice(&self, now: DateTime<Utc>) -> Result<usize, EngineError> {
+        let noticed = self.store.notice(now).await?;
+        for (id, reason) in &noticed.invalid {
+            tracing::error!(subscription = id.0, %reason, "subscription marked invalid");
+        }
+        Ok(noticed.invalid.len())
+    }
+
     /// One full pass over everything due now.
     pub async fn pass(&self) -> Result<PassReport, EngineError> {
         let mut report = PassReport::default();
         let now = self.clock.now();
-        let noticed = self.store.notice(now).await?;
-        report.invalid += noticed.invalid.len();
-        for (id, reason) in &noticed.invalid {
-            tracing::error!(subscription = id.0, %reason, "subscription marked invalid");
-        }
+        report.invalid += self.notice(now).await?;
         report.merge(&self.resolve_unresolved().await?);
         report.merge(&self.charge_due().await?);
         // After charging: a subscription planned in this pass hears of its cycle in it too.

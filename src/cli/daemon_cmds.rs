@@ -331,6 +331,11 @@ pub async fn charge_now(config_path: &Path, args: ChargeNowArgs) -> Result<(), C
     let (engine, _) = daemon::engine(&config, daemon::TimeSource::Database).await?;
     let store = engine.store().clone();
     let fail = |e: crate::storage::StoreError| CliError::Daemon(e.into());
+    // The merchant's latest writes first: a row no pass has seen yet is taken in here.
+    engine
+        .notice(engine.now())
+        .await
+        .map_err(daemon::DaemonError::from)?;
     let row = super::admin::resolve(&store, &args.subscription).await?;
     let id = row.id;
     if row.status != "active" {
