@@ -6,6 +6,7 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use nicebill::clock::Clock;
 use nicebill::domain::{Krw, Moid};
 use nicebill::gateway::nicepay::{Api, CancelRequest, Charset, Class, EdiType};
 use nicebill::sim::{FaultMode, FaultRule};
@@ -87,9 +88,111 @@ async fn trace_logs_hold_no_secret() {
             .await
             .unwrap();
     }
+
+    // NICEPAY v1, with Basic and with Bearer: the same flow, a lost answer resolved by lookup
+    // and netcancel, and the access token the simulator hands out.
+    let basic = nicebill::gateway::nicepay_v1::crypto::basic_authorization(
+        &nicebill::gateway::nicepay_v1::ClientKey::new(V1_CLIENT_KEY).unwrap(),
+        &nicebill::gateway::nicepay_v1::SecretKey::new(V1_SECRET_KEY).unwrap(),
+    );
+    let basic = nicebill::domain::ExposeSecret::expose_secret(&basic).to_owned();
+    let token_answer = reqwest::Client::new()
+        .post(format!("{}/v1/access-token", sim.base_url()))
+        .header("Authorization", &basic)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let token: serde_json::Value = serde_json::from_slice(&token_answer).unwrap();
+    let token = token["accessToken"].as_str().unwrap().to_owned();
+    for auth in [
+        nicebill::gateway::nicepay_v1::Auth::Basic,
+        nicebill::gateway::nicepay_v1::Auth::Bearer,
+    ] {
+        let mut settings = v1_settings(&sim.base_url());
+        settings.auth = auth;
+        let clock: nicebill::clock::SharedClock = Arc::new(nicebill::clock::SystemClock);
+        let gateway = nicebill::gateway::Gateway::v1(settings, clock.clone()).unwrap();
+        let tag = auth.as_str();
+        let bid = issue_on(&gateway, CARD, &format!("log-v1-issue-{tag}")).await;
+        let charge = |moid: &str| nicebill::gateway::ChargeRequest {
+            bid: bid.clone(),
+            tid: None,
+            moid: Moid::new(moid).unwrap(),
+            amount: Krw::positive(9_900).unwrap(),
+            goods_name: "월간 구독".into(),
+            card_quota: "00".into(),
+            interest_free: false,
+            buyer: Default::default(),
+        };
+        let moid = format!("log-v1-{tag}");
+        let reply = gateway.approve_by(&charge(&moid), None).await.unwrap();
+        assert_eq!(reply.class, Class::Approved, "{reply:?}");
+        let tid = reply.data.unwrap().tid;
+        gateway.status(&tid).await.unwrap();
+        gateway
+            .status_by_order(&Moid::new(moid.as_str()).unwrap(), clock.now())
+            .await
+            .unwrap();
+        let cancel = gateway
+            .cancel(&CancelRequest {
+                tid,
+                moid: Moid::new(format!("log-v1-c-{tag}")).unwrap(),
+                amount: Krw::positive(9_900).unwrap(),
+                reason: "고객요청".into(),
+                partial: false,
+                mall_reserved: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(cancel.class, Class::Approved);
+        sim.set_faults(vec![FaultRule {
+            mode: FaultMode::DropBefore,
+            api: Some(Api::Approve),
+            count: Some(1),
+            probability: 1.0,
+        }]);
+        let lost = format!("log-v1-lost-{tag}");
+        let _ = gateway.approve_by(&charge(&lost), None).await;
+        let looked = gateway
+            .look_up(&nicebill::gateway::AttemptRef {
+                tid: None,
+                moid: &lost,
+                amount: 9_900,
+                committed_at: clock.now(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            looked.data.map(|s| s.state),
+            Some(nicebill::gateway::nicepay::TxState::NotFound)
+        );
+        gateway
+            .remove_billkey(&bid, &Moid::new(format!("log-v1-rm-{tag}")).unwrap())
+            .await
+            .unwrap();
+    }
     sim.shutdown().await;
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("v1_netcancel") || logs.contains("netcancel"),
+        "the v1 flow logged nothing"
+    );
+    for secret in [
+        V1_SECRET_KEY,
+        &V1_SECRET_KEY[..16],
+        basic.trim_start_matches("Basic "),
+        token.as_str(),
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "log output contains a v1 secret ({} chars)",
+            secret.len()
+        );
+    }
     assert!(
         logs.lines().count() > 20,
         "the flow should log at trace level:\n{logs}"
