@@ -12,7 +12,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use nicebill::clock::{SharedClock, SystemClock};
 use nicebill::domain::{Bid, Krw, Moid, Tid};
-use nicebill::gateway::Class;
 use nicebill::gateway::nicepay::Buyer;
 use nicebill::gateway::nicepay::client::BaseUrl;
 use nicebill::gateway::nicepay_v1::crypto;
@@ -20,6 +19,7 @@ use nicebill::gateway::nicepay_v1::{
     Auth, Call, ClientKey, Reading, SecretKey, V1ApproveRequest, V1CallError, V1Client, V1Settings,
     read_lookup,
 };
+use nicebill::gateway::{Class, Transport};
 use serde_json::{Value, json};
 
 const CLIENT: &str = "58e3b578555e45738d6b569e53d5ae54";
@@ -370,4 +370,150 @@ async fn debug_output_hides_the_secret_key() {
     let c = client(settings("http://127.0.0.1:9"));
     let shown = format!("{c:?} {:?}", c.settings());
     assert!(!shown.contains(SECRET), "{shown}");
+}
+
+#[tokio::test]
+async fn not_found_as_http_404_with_a_code_and_without_one() {
+    let stub = Stub::start().await;
+    stub.answer(
+        404,
+        json!({"resultCode":"U111","resultMsg":"거래 내역이 없습니다"}),
+    );
+    stub.answer(404, json!("<html>Not Found</html>"));
+    let c = client(settings(&stub.url));
+    let key = SecretKey::new(SECRET).unwrap();
+    let order = Moid::new("S5-A1").unwrap();
+    let r = c.lookup_order(&order, "20261225").await.unwrap();
+    assert_eq!(r.http_status, 404);
+    let reading = read_lookup(
+        Call::LookupOrder,
+        r.http_status,
+        &r.data,
+        "S5-A1",
+        9900,
+        &key,
+    );
+    assert_eq!(
+        reading,
+        Reading::NotFound {
+            code: "U111".into()
+        }
+    );
+    // A 404 page that is not a NICEPAY answer proves nothing: an error, never "not found".
+    let e = c.lookup_order(&order, "20261225").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            V1CallError::Transport {
+                failure: Transport::HttpStatus(404),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn regist_expire_cancel_and_netcancel() {
+    let stub = Stub::start().await;
+    stub.answer(
+        200,
+        json!({"resultCode":"0000","resultMsg":"ok","bid":"BIKYnictest00m2612250900001234",
+               "tid":"nictest00m01162612250900001111","orderId":"bk-1","authDate":"2026-12-25T09:00:00.000+0900",
+               "cardCode":"04","cardName":"삼성"}),
+    );
+    stub.answer(200, json!({"resultCode":"F100","resultMsg":"legacy ok"}));
+    stub.answer(
+        200,
+        json!({"resultCode":"0000","resultMsg":"ok","bid":"BIKYnictest00m2612250900001234","orderId":"rm-1"}),
+    );
+    stub.answer(
+        200,
+        json!({"resultCode":"A124","resultMsg":"already removed"}),
+    );
+    let edi = "2026-12-25T09:01:00.000+0900";
+    let key = SecretKey::new(SECRET).unwrap();
+    let tid = "nictest00m01162612250900002222";
+    let sig = crypto::answer_signature(tid, 9900, edi, &key);
+    stub.answer(
+        200,
+        json!({"resultCode":"0000","resultMsg":"ok","tid":tid,"cancelledTid":"nictest00m01162612250900003333",
+               "orderId":"c-1","status":"partialCancelled","amount":9900,"balanceAmt":6900,"ediDate":edi,
+               "signature":sig}),
+    );
+    stub.answer(
+        200,
+        json!({"resultCode":"0000","resultMsg":"ok","tid":tid,"orderId":"c-2","status":"cancelled",
+               "amount":9900,"ediDate":edi,"signature":"00".repeat(32)}),
+    );
+    stub.answer(
+        200,
+        json!({"resultCode":"2015","resultMsg":"cancel requested already"}),
+    );
+    let c = client(settings(&stub.url));
+    let card =
+        nicebill::domain::CardDetails::new("9410123456780000", "30", "01", "880229", "37").unwrap();
+    let buyer = Buyer::default();
+    let r = c
+        .issue_billkey(&Moid::new("bk-1").unwrap(), &card, &buyer)
+        .await
+        .unwrap();
+    assert_eq!(r.class, Class::Approved);
+    assert_eq!(
+        r.data.bid.as_deref(),
+        Some("BIKYnictest00m2612250900001234")
+    );
+    // F100 is success only with a bid (choice 7).
+    let r = c
+        .issue_billkey(&Moid::new("bk-2").unwrap(), &card, &buyer)
+        .await
+        .unwrap();
+    assert_eq!(r.class, Class::Unknown, "{r:?}");
+    let bid = Bid::new("BIKYnictest00m2612250900001234").unwrap();
+    let r = c.expire(&bid, &Moid::new("rm-1").unwrap()).await.unwrap();
+    assert_eq!(r.class, Class::Approved);
+    // Already gone: the goal is reached (choice 15).
+    let r = c.expire(&bid, &Moid::new("rm-2").unwrap()).await.unwrap();
+    assert_eq!(r.class, Class::Approved, "{r:?}");
+    let t = Tid::new(tid).unwrap();
+    let r = c
+        .cancel(
+            &t,
+            &Moid::new("c-1").unwrap(),
+            "고객요청",
+            Some(Krw::positive(3000).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.class, Class::Approved);
+    assert_eq!(r.data.balance_amt, Some(6900));
+    // A cancel answer whose signature does not verify is never a refund.
+    let r = c
+        .cancel(&t, &Moid::new("c-2").unwrap(), "고객요청", None)
+        .await
+        .unwrap();
+    assert_eq!(r.class, Class::Unknown, "{r:?}");
+    let r = c.netcancel(&Moid::new("S6-C1-A1").unwrap()).await.unwrap();
+    assert_eq!(r.class, Class::Duplicate, "{r:?}");
+    let seen = stub.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/subscribe/regist",
+            "/v1/subscribe/regist",
+            "/v1/subscribe/BIKYnictest00m2612250900001234/expire",
+            "/v1/subscribe/BIKYnictest00m2612250900001234/expire",
+            "/v1/payments/nictest00m01162612250900002222/cancel",
+            "/v1/payments/nictest00m01162612250900002222/cancel",
+            "/v1/payments/netcancel",
+        ]
+    );
+    // The partial cancel sent its amount; the full one did not.
+    assert_eq!(seen[4].body["cancelAmt"], 3000);
+    assert!(
+        seen[5].body.get("cancelAmt").is_none(),
+        "{:?}",
+        seen[5].body
+    );
 }
