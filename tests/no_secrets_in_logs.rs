@@ -6,7 +6,6 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use nicebill::clock::Clock;
 use nicebill::domain::{Krw, Moid};
 use nicebill::gateway::nicepay::{Api, CancelRequest, Charset, Class, EdiType};
 use nicebill::sim::{FaultMode, FaultRule};
