@@ -12,7 +12,7 @@ use std::time::Duration;
 use nicebill::billing::engine::{Engine, EngineSettings};
 use nicebill::billing::plan::Policy;
 use nicebill::clock::{Clock, ManualClock};
-use nicebill::gateway::nicepay::Api;
+use nicebill::gateway::nicepay::{Api, TxState};
 use nicebill::gateway::nicepay_v1::V1Settings;
 use nicebill::gateway::{ApiKind, Gateway};
 use nicebill::sim::{FaultMode, FaultRule, LedgerState, SimConfig, SimHandle};
@@ -243,4 +243,86 @@ async fn rows_are_held_to_v1_limits_before_sending() {
         );
         sim.shutdown().await;
     }
+}
+
+/// Each fault on a v1 approval has its class, and the lookup procedure then tells the truth:
+/// approved when NICEPAY made the approval (no netcancel), not found when it did not.
+#[tokio::test]
+async fn each_fault_has_its_class_and_the_lookup_tells_the_truth() {
+    let clock = ManualClock::new(kst("2027-03-02 10:00"));
+    let mut config = SimConfig::new(([127, 0, 0, 1], 0).into());
+    config.clock = Arc::new(clock.clone());
+    let sim = SimHandle::start(config).await.unwrap();
+    let mut settings = v1_settings(&sim.base_url());
+    settings.read_timeout = Duration::from_millis(400);
+    let gateway = Gateway::v1(settings, Arc::new(clock.clone())).unwrap();
+    let bid = issue_on(&gateway, "9410123456780000", "v1-class-issue").await;
+    for (i, (mode, made)) in FAULTS.iter().enumerate() {
+        let moid = format!("v1-class-{i}");
+        let request = nicebill::gateway::ChargeRequest {
+            bid: bid.clone(),
+            tid: None,
+            moid: nicebill::domain::Moid::new(moid.as_str()).unwrap(),
+            amount: nicebill::domain::Krw::positive(1_000).unwrap(),
+            goods_name: "월간 구독".into(),
+            card_quota: "00".into(),
+            interest_free: false,
+            buyer: Default::default(),
+        };
+        sim.set_faults(vec![FaultRule {
+            mode: *mode,
+            api: Some(Api::Approve),
+            count: Some(1),
+            probability: 1.0,
+        }]);
+        let result = gateway.approve_by(&request, None).await;
+        let class = match &result {
+            Ok(r) => r.class,
+            Err(e) => e.class(),
+        };
+        // Only a long message leaves the answer whole; everything else is unknown.
+        let want = if *mode == FaultMode::LongResultMsg {
+            nicebill::gateway::Class::Approved
+        } else {
+            nicebill::gateway::Class::Unknown
+        };
+        assert_eq!(class, want, "{mode:?}: {result:?}");
+        let before = netcancels(&sim);
+        let looked = gateway
+            .look_up(&nicebill::gateway::AttemptRef {
+                tid: None,
+                moid: &moid,
+                amount: 1_000,
+                committed_at: clock.now(),
+            })
+            .await
+            .unwrap();
+        let state = looked.data.map(|s| s.state);
+        if *made {
+            assert_eq!(state, Some(TxState::Approved), "{mode:?}");
+            assert_eq!(netcancels(&sim), before, "{mode:?}: netcancelled");
+        } else {
+            assert_eq!(state, Some(TxState::NotFound), "{mode:?}");
+            assert_eq!(netcancels(&sim), before + 1, "{mode:?}");
+        }
+    }
+    // A lookup whose answer is garbled settles nothing.
+    sim.set_faults(vec![FaultRule {
+        mode: FaultMode::BadSignature,
+        api: Some(Api::Status),
+        count: Some(1),
+        probability: 1.0,
+    }]);
+    let looked = gateway
+        .look_up(&nicebill::gateway::AttemptRef {
+            tid: None,
+            moid: "v1-class-2",
+            amount: 1_000,
+            committed_at: clock.now(),
+        })
+        .await
+        .unwrap();
+    assert!(looked.data.is_none(), "{looked:?}");
+    assert_eq!(looked.class, nicebill::gateway::Class::Unknown);
+    sim.shutdown().await;
 }
