@@ -3,9 +3,8 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use support::{ConfigFile, KEY};
 
@@ -14,22 +13,7 @@ fn write_config(dir: &Path, base_url: &str, key: &str) -> PathBuf {
 }
 
 fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = support::nicebill(Some("trace"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::process::run_fed(Some("trace"), config, args, stdin);
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -7,13 +7,10 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use nicebill::domain::ExposeSecret;
 use nicebill::gateway::ApiKind;
-use nicebill::gateway::nicepay_v1::{ClientKey, SecretKey, crypto};
 use support::*;
 
 const CARD: &str = "CardNo=5361234512345678\nExpYear=28\nExpMonth=07\nIDNo=880229\nCardPw=37\n";
@@ -35,22 +32,7 @@ impl Secrets {
 }
 
 fn run(secrets: &Secrets, config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = nicebill(Some("trace"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::process::run_fed(Some("trace"), config, args, stdin);
     secrets.check(&format!("{args:?}"), &out);
     out
 }
@@ -94,25 +76,9 @@ fn json(out: &Output, call: &str) -> serde_json::Value {
 async fn operator_commands_on_v1() {
     for auth in ["basic", "bearer"] {
         let (_sim, sim_url) = spawn_sim(&[]);
-        let basic = crypto::basic_authorization(
-            &ClientKey::new(V1_CLIENT_KEY).unwrap(),
-            &SecretKey::new(V1_SECRET_KEY).unwrap(),
-        )
-        .expose_secret()
-        .to_owned();
         // The simulator hands out one token per shop while it is valid: the one the binary
         // gets is this one.
-        let body = reqwest::Client::new()
-            .post(format!("{sim_url}/v1/access-token"))
-            .header("Authorization", &basic)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let token: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let token = token["accessToken"].as_str().unwrap().to_owned();
+        let (basic, token) = v1_credentials(&sim_url).await;
         let secrets = Secrets(vec![
             V1_SECRET_KEY.into(),
             V1_SECRET_KEY[..16].into(),

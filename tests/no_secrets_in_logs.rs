@@ -90,22 +90,7 @@ async fn trace_logs_hold_no_secret() {
 
     // NICEPAY v1, with Basic and with Bearer: the same flow, a lost answer resolved by lookup
     // and netcancel, and the access token the simulator hands out.
-    let basic = nicebill::gateway::nicepay_v1::crypto::basic_authorization(
-        &nicebill::gateway::nicepay_v1::ClientKey::new(V1_CLIENT_KEY).unwrap(),
-        &nicebill::gateway::nicepay_v1::SecretKey::new(V1_SECRET_KEY).unwrap(),
-    );
-    let basic = nicebill::domain::ExposeSecret::expose_secret(&basic).to_owned();
-    let token_answer = reqwest::Client::new()
-        .post(format!("{}/v1/access-token", sim.base_url()))
-        .header("Authorization", &basic)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let token: serde_json::Value = serde_json::from_slice(&token_answer).unwrap();
-    let token = token["accessToken"].as_str().unwrap().to_owned();
+    let (basic, token) = v1_credentials(&sim.base_url()).await;
     for auth in [
         nicebill::gateway::nicepay_v1::Auth::Basic,
         nicebill::gateway::nicepay_v1::Auth::Bearer,

@@ -7,7 +7,6 @@ mod support;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -285,22 +284,7 @@ fn write_config(dir: &Path, base_url: &str, db_url: Option<&str>) -> PathBuf {
 }
 
 fn run(config: &Path, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = nicebill(Some("warn"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    support::process::run_fed(Some("warn"), config, args, stdin)
 }
 
 #[tokio::test]

@@ -412,11 +412,10 @@ impl Engine {
         let (outcome, settledness) = self.send(attempt, self.aimd.epoch()).await;
         // On v1 the tid is NICEPAY's, learnt with the answer (if one came).
         let tid = tid.or_else(|| {
-            outcome
-                .result
-                .tid
-                .clone()
-                .and_then(|t| self.gateway.parse_tid(t).ok())
+            self.gateway
+                .parse_tid(outcome.result.tid.clone())
+                .ok()
+                .flatten()
         });
         let state = outcome.result.state;
         let code = outcome.result.result_code.clone();
@@ -756,7 +755,7 @@ impl Engine {
         let mut in_flight = Vec::with_capacity(started.len());
         for (i, charge_id, tid) in started {
             let (valid, cycle, due_at, attempt, prior_declines, moid) = planned[i].clone();
-            let Ok(tid) = tid.map(|t| self.gateway.parse_tid(t)).transpose() else {
+            let Ok(tid) = self.gateway.parse_tid(tid) else {
                 continue;
             };
             in_flight.push(InFlight {
@@ -1205,12 +1204,7 @@ impl Engine {
             tracing::error!(charge = charge.id, api = %charge.api, configured = %self.gateway.api(), "this attempt went out on another NICEPAY API than the one configured; it can only be looked up there (configure that API until it is resolved)");
             return Ok(None);
         }
-        let Ok(tid) = charge
-            .tid
-            .clone()
-            .map(|t| self.gateway.parse_tid(t))
-            .transpose()
-        else {
+        let Ok(tid) = self.gateway.parse_tid(charge.tid.clone()) else {
             tracing::error!(charge = charge.id, tid = ?charge.tid, "stored TID is malformed; the attempt cannot be looked up");
             return Ok(None);
         };
@@ -1464,12 +1458,7 @@ impl Engine {
                 ),
             };
         }
-        let Ok(tid) = charge
-            .tid
-            .clone()
-            .map(|t| self.gateway.parse_tid(t))
-            .transpose()
-        else {
+        let Ok(tid) = self.gateway.parse_tid(charge.tid.clone()) else {
             return LateFinding::NotFound;
         };
         let settles_at = later(charge.created_at.and_utc(), self.settings.settle());

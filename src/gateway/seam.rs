@@ -132,12 +132,14 @@ impl Gateway {
         }
     }
 
-    /// A stored tid read back: ours on the web API (exactly 30 characters), NICEPAY's on v1.
-    pub fn parse_tid(&self, text: String) -> Result<Tid, FieldError> {
-        match self {
-            Gateway::Webapi(_) => Tid::new(text),
-            Gateway::V1(..) => Tid::issued(text),
-        }
+    /// A stored or answered tid read back (`None` stays `None`): ours on the web API (exactly
+    /// 30 characters), NICEPAY's on v1.
+    pub fn parse_tid(&self, text: Option<String>) -> Result<Option<Tid>, FieldError> {
+        text.map(|t| match self {
+            Gateway::Webapi(_) => Tid::new(t),
+            Gateway::V1(..) => Tid::issued(t),
+        })
+        .transpose()
     }
 
     /// The key stored with an attempt before it is sent: a fresh TID on the legacy API.

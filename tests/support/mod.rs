@@ -111,6 +111,28 @@ pub fn v1_settings(base_url: &str) -> V1Settings {
     s
 }
 
+/// The Basic `Authorization` value of the first v1 shop, and the access token the simulator
+/// at `sim_url` hands that shop (the same one while it is valid): what no output may show.
+pub async fn v1_credentials(sim_url: &str) -> (String, String) {
+    let basic = nicebill::gateway::nicepay_v1::crypto::basic_authorization(
+        &ClientKey::new(V1_CLIENT_KEY).unwrap(),
+        &SecretKey::new(V1_SECRET_KEY).unwrap(),
+    );
+    let basic = nicebill::domain::ExposeSecret::expose_secret(&basic).to_owned();
+    let body = reqwest::Client::new()
+        .post(format!("{sim_url}/v1/access-token"))
+        .header("Authorization", &basic)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let token = answer["accessToken"].as_str().unwrap().to_owned();
+    (basic, token)
+}
+
 /// A gateway on either API for the simulator at `base_url`, on `clock`.
 pub fn gateway_for(api: ApiKind, base_url: &str, clock: SharedClock) -> Gateway {
     match api {

@@ -34,6 +34,32 @@ pub fn terminate(mut run: Killed) -> ExitStatus {
 
 /// The `nicebill` binary with `RUST_LOG` as given (`None`: unset) and nothing inherited that
 /// would change its configuration or log format.
+/// Runs `nicebill ARGS --config CONFIG` with `stdin` fed to it; its output.
+pub fn run_fed(
+    rust_log: Option<&str>,
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = nicebill(rust_log)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn nicebill(rust_log: Option<&str>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nicebill"));
     cmd.env_remove("NICEBILL_CONFIG")

@@ -169,21 +169,21 @@ enum Step {
     },
 }
 
+/// What a payment object says, as a lookup's answer.
+fn tx_status(p: &Payment, state: TxState, tid: Option<Tid>) -> TxStatus {
+    TxStatus {
+        tid,
+        state,
+        auth_code: p.approve_no.clone(),
+        auth_date: p.paid_at.clone(),
+        moid: p.order_id.clone(),
+        amount: p.amount.and_then(|a| Krw::new(a).ok()),
+    }
+}
+
 fn settled(r: &V1Reply<Payment>, state: TxState, tid: Option<Tid>) -> Step {
     let p = &r.data;
-    Step::Done(reply(
-        r,
-        p,
-        Class::Approved,
-        Some(TxStatus {
-            tid,
-            state,
-            auth_code: p.approve_no.clone(),
-            auth_date: p.paid_at.clone(),
-            moid: p.order_id.clone(),
-            amount: p.amount.and_then(|a| Krw::new(a).ok()),
-        }),
-    ))
+    Step::Done(reply(r, p, Class::Approved, Some(tx_status(p, state, tid))))
 }
 
 fn read(c: &V1Client, r: V1Reply<Payment>, attempt: &AttemptRef<'_>) -> Step {
@@ -384,21 +384,7 @@ fn not_found(r: &V1Reply<Payment>) -> Reply<TxStatus> {
 fn operator_status(c: &V1Client, r: V1Reply<Payment>, asked: Option<&Tid>) -> Reply<TxStatus> {
     let p = &r.data;
     let code = p.result_code.as_str();
-    let status = |state, tid: Option<Tid>| {
-        reply(
-            &r,
-            p,
-            Class::Approved,
-            Some(TxStatus {
-                tid,
-                state,
-                auth_code: p.approve_no.clone(),
-                auth_date: p.paid_at.clone(),
-                moid: p.order_id.clone(),
-                amount: p.amount.and_then(|a| Krw::new(a).ok()),
-            }),
-        )
-    };
+    let status = |state, tid| reply(&r, p, Class::Approved, Some(tx_status(p, state, tid)));
     if codes::not_found_codes().contains(&code) || (code.is_empty() && r.http_status == 404) {
         return status(TxState::NotFound, asked.cloned());
     }
