@@ -299,6 +299,27 @@ async fn bearer_fetches_a_token_and_renews_once_on_401() {
     assert_eq!(stub.seen().len(), 8);
 }
 
+/// A wrong secret key on Bearer: the token request itself is refused (401, U101). That is
+/// not a refused token, so the client must not ask again, and the operator must see U101.
+#[tokio::test]
+async fn bearer_token_request_refused_is_reported_once_with_its_code() {
+    let stub = Stub::start().await;
+    stub.answer(401, json!({"resultCode":"U101","resultMsg":"auth failed"}));
+    stub.answer(200, token("tok-never"));
+    let mut s = settings(&stub.url);
+    s.auth = Auth::Bearer;
+    let c = client(s);
+    let e = c
+        .approve(&approve_req("S2-B1", 9900), None)
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("U101"), "the refusal's code is hidden: {text}");
+    let seen = stub.seen();
+    assert_eq!(seen.len(), 1, "asked for a token more than once: {seen:?}");
+    assert_eq!(seen[0].path, "/v1/access-token");
+}
+
 #[tokio::test]
 async fn lookups() {
     let stub = Stub::start().await;

@@ -674,15 +674,18 @@ fn parse_value<T: DeserializeOwned>(call: Call, v: serde_json::Value) -> Result<
     })
 }
 
-/// HTTP 401 or U305: the token was refused (choice 12).
+/// HTTP 401 or U305 on the call itself: the token was refused (choice 12). A refused *token
+/// request* (wrong secret key: 401, U101) is not a refused token: asking again would only hide
+/// its code from the operator.
 fn needs_new_token(r: &Result<(u16, serde_json::Value), V1CallError>) -> bool {
     match r {
         Ok((401, _)) => true,
         Ok((_, v)) => v.get("resultCode").and_then(|c| c.as_str()) == Some("U305"),
         Err(V1CallError::Transport {
+            call,
             failure: Transport::HttpStatus(401),
             ..
-        }) => true,
+        }) => *call != Call::Token,
         Err(_) => false,
     }
 }
