@@ -314,7 +314,10 @@ async fn bearer_token_request_refused_is_reported_once_with_its_code() {
         .await
         .unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("U101"), "the refusal's code is hidden: {text}");
+    assert!(
+        text.contains("U101"),
+        "the refusal's code is hidden: {text}"
+    );
     let seen = stub.seen();
     assert_eq!(seen.len(), 1, "asked for a token more than once: {seen:?}");
     assert_eq!(seen[0].path, "/v1/access-token");

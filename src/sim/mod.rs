@@ -34,6 +34,7 @@
 //! loopback addresses.
 
 pub mod cards;
+mod delay;
 mod server;
 pub mod state;
 pub mod v1;

@@ -365,7 +365,7 @@ pub(super) async fn answer_with_faults<A: SimAnswer>(
     let latency = *lock(&shared.latency);
     if !latency.is_zero() {
         tokio::select! {
-            () = tokio::time::sleep(latency) => {}
+            () = super::delay::delay(latency) => {}
             () = stopped(stop.clone()) => return Err(Dropped("shutting down")),
         }
     }
