@@ -757,3 +757,85 @@ async fn attempts_whose_tid_stays_taken_are_released_and_logged() {
         }
     }
 }
+
+/// TID lanes: instances sharing a MID lease disjoint lanes of a second's TID suffixes, keep
+/// their own on renewal, let go of what they no longer want, take over lanes whose lease ran
+/// out, and get none when every lane is held (they then mint from the whole second). An
+/// engine mints its TIDs from the lane it leased.
+#[tokio::test]
+async fn tid_lanes_are_leased_apart_and_the_engine_mints_from_its_own() {
+    use nicebill::storage::TID_LANES;
+    for db in databases("tid_lanes").await {
+        let w = world(&db).await;
+        let (s, l) = (&w.store, w.label);
+        let now = w.clock.now();
+        let lease = Duration::from_secs(300);
+        assert_eq!(
+            s.lease_tid_lanes("a", now, lease, 3).await.unwrap(),
+            [0, 1, 2],
+            "{l}"
+        );
+        assert_eq!(
+            s.lease_tid_lanes("b", now, lease, 3).await.unwrap(),
+            [3, 4, 5],
+            "{l}"
+        );
+        // Renewal keeps a's own lanes; wanting fewer lets the rest go.
+        assert_eq!(
+            s.lease_tid_lanes("a", now, lease, 3).await.unwrap(),
+            [0, 1, 2],
+            "{l}"
+        );
+        assert_eq!(
+            s.lease_tid_lanes("a", now, lease, 1).await.unwrap(),
+            [0],
+            "{l}"
+        );
+        assert_eq!(
+            s.lease_tid_lanes("c", now, lease, 5).await.unwrap(),
+            [1, 2, 6, 7, 8],
+            "{l}"
+        );
+        // Every lane held: none for d.
+        let rest = s.lease_tid_lanes("x", now, lease, TID_LANES).await.unwrap();
+        assert_eq!(rest, (9..20).collect::<Vec<u32>>(), "{l}");
+        assert!(
+            s.lease_tid_lanes("d", now, lease, 2)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{l}"
+        );
+        // After the leases ran out, d takes the lowest lanes over.
+        let later = now + chrono::Duration::seconds(301);
+        assert_eq!(
+            s.lease_tid_lanes("d", later, lease, 2).await.unwrap(),
+            [0, 1],
+            "{l}"
+        );
+
+        // The engine (owner "t", a batch of 8: one lane) gets the first lane free, 9, and
+        // every TID it mints has a suffix in 4500..5000.
+        let later = later + chrono::Duration::seconds(301);
+        w.clock.set(later);
+        s.lease_tid_lanes("y", later, lease, 9).await.unwrap();
+        let ids = [
+            w.add("l1").await,
+            w.add("l2").await,
+            w.add("l3").await,
+            w.add("l4").await,
+            w.add("l5").await,
+        ];
+        w.engine(Hooks::default()).pass().await.unwrap();
+        for id in ids {
+            let charges = w.charges(id).await;
+            assert_eq!(states(&charges), ["approved"], "{l}");
+            let tid = charges[0].tid.clone().unwrap();
+            let suffix: u32 = tid[26..].parse().unwrap();
+            assert!(
+                (4500..5000).contains(&suffix),
+                "{l}: {tid} is outside lane 9"
+            );
+        }
+    }
+}

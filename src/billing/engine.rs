@@ -252,7 +252,13 @@ pub struct Engine {
     throttled_until: Arc<Mutex<Option<Instant>>>,
     /// Approvals in flight at once: `concurrency`, cut when NICEPAY signals overload.
     aimd: Aimd,
+    /// When this engine last leased its TID lanes.
+    lanes_leased: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long a TID lane lease lasts, and how often it is renewed while passes run.
+const LANE_LEASE: Duration = Duration::from_secs(300);
+const LANE_RENEW: Duration = Duration::from_secs(60);
 
 /// One attempt on its way: what is needed to send it and to settle it.
 struct InFlight {
@@ -289,6 +295,7 @@ impl Engine {
             stopping: Arc::new(AtomicBool::new(false)),
             throttled_until: Arc::new(Mutex::new(None)),
             aimd: Aimd::new(settings.concurrency),
+            lanes_leased: Arc::new(Mutex::new(None)),
             settings: Arc::new(settings),
         }
     }
@@ -449,6 +456,42 @@ impl Engine {
         })
     }
 
+    /// Leases this instance's TID lanes (web API only), or renews them once a minute: enough
+    /// lanes for two claim batches a second, at most five of the twenty. A hint against TID
+    /// collisions between instances sharing a MID (each costs an insert that waits for the
+    /// other instance's uncommitted batch), never needed for correctness: on an error, or with
+    /// no lane free, TIDs are minted from the whole second as before.
+    async fn lease_tid_lanes(&self) {
+        if !self.gateway.mints_tids() {
+            return;
+        }
+        let mut last = self.lanes_leased.lock().await;
+        if last.is_some_and(|at| at.elapsed() < LANE_RENEW) {
+            return;
+        }
+        let s = &self.settings;
+        let per_lane = i64::from(crate::gateway::nicepay::tid::LANE_WIDTH);
+        let wanted = ((2 * s.batch.max(1) + per_lane - 1) / per_lane).clamp(1, 5) as u32;
+        match self
+            .store
+            .lease_tid_lanes(&s.owner, self.clock.now(), LANE_LEASE, wanted)
+            .await
+        {
+            Ok(lanes) => {
+                if lanes.is_empty() {
+                    tracing::warn!(
+                        "no TID lane is free (more instances than lanes?): TIDs are minted from                          the whole second, and may collide with another instance's"
+                    );
+                } else {
+                    tracing::debug!(?lanes, "TID lanes leased");
+                }
+                self.gateway.set_tid_lanes(&lanes);
+                *last = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!("could not lease TID lanes ({e}); minting without"),
+        }
+    }
+
     /// Claims, commits and sends everything due, as a pipeline: a claimer commits attempts
     /// into a queue of about two rounds ahead, a sender keeps `concurrency` requests in flight,
     /// and a writer group-commits outcomes. The database work thus overlaps the network wait.
@@ -476,6 +519,7 @@ impl Engine {
                     break;
                 }
                 probed = true;
+                self.lease_tid_lanes().await;
                 let now = self.clock.now();
                 let timer = Instant::now();
                 let rows = self

@@ -153,6 +153,18 @@ impl Gateway {
         }
     }
 
+    /// Whether this API's TIDs are minted here (and so want TID lanes).
+    pub fn mints_tids(&self) -> bool {
+        matches!(self, Gateway::Webapi(_))
+    }
+
+    /// The TID lanes this instance leased (see `storage::lanes`); nothing on v1.
+    pub fn set_tid_lanes(&self, lanes: &[u32]) {
+        if let Gateway::Webapi(c) = self {
+            c.set_tid_lanes(lanes);
+        }
+    }
+
     /// Sends an approval no later than `send_by` (a wait for the request rate that would end
     /// later gives up with nothing sent).
     pub async fn approve_by(

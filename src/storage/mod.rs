@@ -10,6 +10,7 @@ mod admin;
 mod batch;
 mod claims;
 mod figures;
+mod lanes;
 pub mod merchant;
 pub mod models;
 mod notice;
@@ -20,6 +21,7 @@ pub mod upcoming;
 
 pub use claims::Claimed;
 pub use figures::HealthFigures;
+pub use lanes::TID_LANES;
 pub use recording::{LateFinding, NewTid, Started};
 
 use std::fmt;

@@ -415,6 +415,11 @@ impl NicepayClient {
         self.tids.next(self.clock.now())
     }
 
+    /// The TID lanes leased for this instance ([`TidGenerator::set_lanes`]).
+    pub fn set_tid_lanes(&self, lanes: &[u32]) {
+        self.tids.set_lanes(lanes);
+    }
+
     /// A TID to replace one another instance had already stored (see
     /// [`TidGenerator::next_after_collision`](super::tid::TidGenerator::next_after_collision)).
     pub fn new_tid_after_collision(&self) -> Tid {

@@ -7,6 +7,11 @@
 //! taken, the database's unique index on TID refuses the insert and the caller asks for a TID
 //! [`after a collision`](TidGenerator::next_after_collision): the walk then jumps to a random
 //! free suffix, since the next in sequence is most likely taken too.
+//!
+//! Where the database hands out lanes ([`set_lanes`](TidGenerator::set_lanes): 20 lanes of 500
+//! suffixes, leased per instance), the walk takes its own lanes' suffixes first, in order, and
+//! only then the rest of the second as above: instances with lanes of their own never meet while
+//! each mints no more than its lanes hold in a second.
 
 use std::sync::Mutex;
 
@@ -18,6 +23,8 @@ use crate::domain::{Mid, Tid};
 
 const PER_SECOND: u32 = 10_000;
 const WORDS: usize = PER_SECOND.div_ceil(64) as usize;
+/// Suffixes per lane (`storage::TID_LANES` lanes cover the second).
+pub const LANE_WIDTH: u32 = 500;
 
 /// Builds the TID for `mid` at `at` with the given 4-digit suffix.
 pub fn build(mid: &Mid, at: DateTime<Utc>, suffix: u32) -> Tid {
@@ -42,8 +49,10 @@ struct State {
     /// Suffixes of `second` handed out (a bit each).
     taken: [u64; WORDS],
     used: u32,
-    /// Where the walk goes on.
+    /// Where the walk goes on (outside the lanes).
     cursor: u32,
+    /// Leased lanes, and the next suffix to try in each this second.
+    lanes: Vec<(u32, u32)>,
     rng: StdRng,
 }
 
@@ -62,17 +71,46 @@ impl State {
             self.taken = [0; WORDS];
             self.used = 0;
             self.cursor = self.rng.random_range(0..PER_SECOND);
+            for (lane, next) in &mut self.lanes {
+                *next = *lane * LANE_WIDTH;
+            }
         }
     }
 
-    /// The first free suffix from the cursor on (there is one: the second is not used up).
-    fn take(&mut self) -> u32 {
+    fn mark(&mut self, suffix: u32) {
+        self.taken[suffix as usize / 64] |= 1 << (suffix % 64);
+        self.used += 1;
+    }
+
+    /// The next free suffix of the leased lanes this second, if any is left.
+    fn take_in_lanes(&mut self) -> Option<u32> {
+        for i in 0..self.lanes.len() {
+            let (lane, mut next) = self.lanes[i];
+            let end = (lane + 1) * LANE_WIDTH;
+            while next < end && self.is_taken(next) {
+                next += 1;
+            }
+            self.lanes[i].1 = next;
+            if next < end {
+                self.mark(next);
+                self.lanes[i].1 = next + 1;
+                return Some(next);
+            }
+        }
+        None
+    }
+
+    /// The first free suffix: the lanes' first, then from the cursor on (there is one: the
+    /// second is not used up).
+    fn take(&mut self, in_lanes: bool) -> u32 {
+        if in_lanes && let Some(suffix) = self.take_in_lanes() {
+            return suffix;
+        }
         let mut suffix = self.cursor;
         while self.is_taken(suffix) {
             suffix = (suffix + 1) % PER_SECOND;
         }
-        self.taken[suffix as usize / 64] |= 1 << (suffix % 64);
-        self.used += 1;
+        self.mark(suffix);
         self.cursor = (suffix + 1) % PER_SECOND;
         suffix
     }
@@ -103,9 +141,27 @@ impl TidGenerator {
                 taken: [0; WORDS],
                 used: 0,
                 cursor: 0,
+                lanes: Vec::new(),
                 rng,
             }),
         }
+    }
+
+    /// The lanes this instance leased (`storage::Store::lease_tid_lanes`); empty: none. Lanes out
+    /// of range are ignored. Takes effect at once; suffixes already handed out stay taken.
+    pub fn set_lanes(&self, lanes: &[u32]) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fresh: Vec<(u32, u32)> = lanes
+            .iter()
+            .filter(|&&l| (l + 1) * LANE_WIDTH <= PER_SECOND)
+            .map(|&l| (l, l * LANE_WIDTH))
+            .collect();
+        fresh.sort_unstable();
+        fresh.dedup_by_key(|(l, _)| *l);
+        s.lanes = fresh;
     }
 
     /// The next TID of the walk.
@@ -128,7 +184,9 @@ impl TidGenerator {
         if jump {
             s.cursor = s.rng.random_range(0..PER_SECOND);
         }
-        let suffix = s.take();
+        // After a collision inside a lane (another instance on it: a lease that ran out, or
+        // more instances than lanes), the replacement comes from outside the lanes.
+        let suffix = s.take(!jump);
         let at = DateTime::<Utc>::from_timestamp(s.second, 0).unwrap_or(now);
         build(&self.mid, at, suffix)
     }
@@ -192,5 +250,76 @@ mod tests {
             // Walking on in sequence instead collides along whole runs (hundreds per second).
             assert!(collisions < 300, "seed {seed}: {collisions} collisions");
         }
+    }
+
+    fn suffix(tid: &Tid) -> u32 {
+        tid.as_str()[26..].parse().unwrap()
+    }
+
+    /// With lanes, a second's TIDs come from the lanes, in order, until they are used up; then
+    /// from the rest of the second. A new second starts the lanes again.
+    #[test]
+    fn lanes_first_then_the_rest_of_the_second() {
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 25, 0, 0, 0).unwrap();
+        let g = TidGenerator::seeded(Mid::new("nictest04m").unwrap(), 7);
+        g.set_lanes(&[7, 3, 99]);
+        let first: Vec<u32> = (0..2 * LANE_WIDTH).map(|_| suffix(&g.next(t0))).collect();
+        let want: Vec<u32> = (1500..2000).chain(3500..4000).collect();
+        assert_eq!(first, want);
+        let outside = suffix(&g.next(t0));
+        assert!(!(1500..2000).contains(&outside) && !(3500..4000).contains(&outside));
+        assert_eq!(suffix(&g.next(t0 + Duration::seconds(1))), 1500);
+        // A replacement after a collision comes from outside the lanes.
+        let replaced = suffix(&g.next_after_collision(t0 + Duration::seconds(1)));
+        assert!(!(1500..2000).contains(&replaced) && !(3500..4000).contains(&replaced));
+        assert_eq!(suffix(&g.next(t0 + Duration::seconds(1))), 1501);
+        // Lanes let go: the walk alone.
+        g.set_lanes(&[]);
+        let walked = suffix(&g.next(t0 + Duration::seconds(2)));
+        let again = suffix(&g.next(t0 + Duration::seconds(2)));
+        assert_eq!(again, (walked + 1) % PER_SECOND);
+    }
+
+    /// Four instances on lanes of their own (as the database leases them), each minting what
+    /// its lanes hold in a second: no TID is offered twice, so no insert ever waits on another
+    /// instance's uncommitted batch. The same four without lanes collide.
+    #[test]
+    fn instances_on_their_own_lanes_never_collide() {
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 25, 0, 0, 0).unwrap();
+        let mid = Mid::new("nictest04m").unwrap();
+        let mut without_lanes = 0;
+        for seed in 0..20u64 {
+            for lanes in [true, false] {
+                let gens: Vec<_> = (0..4u32)
+                    .map(|i| {
+                        let g = TidGenerator::seeded(mid.clone(), seed * 4 + u64::from(i));
+                        if lanes {
+                            g.set_lanes(&[3 * i, 3 * i + 1, 3 * i + 2]);
+                        }
+                        g
+                    })
+                    .collect();
+                let mut stored = HashSet::new();
+                let mut collisions = 0;
+                for _round in 0..(3 * LANE_WIDTH / 50) {
+                    for g in &gens {
+                        for _ in 0..50 {
+                            if !stored.insert(g.next(t0)) {
+                                collisions += 1;
+                            }
+                        }
+                    }
+                }
+                if lanes {
+                    assert_eq!(collisions, 0, "seed {seed}");
+                } else {
+                    without_lanes += collisions;
+                }
+            }
+        }
+        assert!(
+            without_lanes > 0,
+            "the case without lanes should show what lanes prevent"
+        );
     }
 }
