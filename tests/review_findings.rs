@@ -190,7 +190,15 @@ impl World {
     /// The TID the client will hand out next, while the clock stays in this second: the
     /// generator gives out the suffixes of a second in order from a random start, so peeking
     /// at one tells the next.
-    fn next_tid(&self) -> Tid {
+    /// The TID the engine of `owner` will mint next: its TID lanes leased first (as its pass
+    /// will renew them), then the walk peeked one ahead.
+    async fn next_tid(&self, owner: &str) -> Tid {
+        let lanes = self
+            .store
+            .lease_tid_lanes(owner, self.clock.now(), Duration::from_secs(300), 1)
+            .await
+            .unwrap();
+        self.client.set_tid_lanes(&lanes);
         let peeked = self.client.new_tid();
         let text = peeked.as_str();
         let suffix: u32 = text[26..].parse().unwrap();
@@ -591,7 +599,7 @@ async fn a_duplicate_tid_of_a_foreign_transaction_is_not_our_charge() {
         let w = world(&db, kst("2027-03-01 10:00")).await;
         let id = w.add("dup-foreign").await;
         let engine = w.engine("dup-1", Hooks::default());
-        let collides = w.next_tid();
+        let collides = w.next_tid("dup-1").await;
         w.sim
             .seed_foreign_approval(&collides, "OTHER-SHOP-0001", Krw::positive(9_900).unwrap())
             .unwrap();
@@ -667,7 +675,7 @@ async fn a_duplicate_tid_of_our_own_transaction_is_our_charge() {
         let w = world(&db, kst("2027-03-01 10:00")).await;
         let id = w.add("dup-ours").await;
         let engine = w.engine("dup-2", Hooks::default());
-        let ours = w.next_tid();
+        let ours = w.next_tid("dup-2").await;
         let bid = nicebill::domain::Bid::new(w.store.subscription(id).await.unwrap().unwrap().bid)
             .unwrap();
         let moid = format!("S{id}-C1-A1");
