@@ -36,60 +36,45 @@ impl Store {
                 #[diesel(sql_type = Integer)]
                 lane: i32,
             }
-            let pick = "SELECT lane FROM tid_lanes \
-                        WHERE owner = {o} OR owner IS NULL OR leased_until IS NULL \
-                          OR leased_until < {now} \
-                        ORDER BY CASE WHEN owner = {o} THEN 0 ELSE 1 END, lane LIMIT {n}";
-            let mut lanes: Vec<Lane> = match c {
-                AnyConnection::Postgres(c) => {
-                    let sql = format!(
-                        "UPDATE tid_lanes SET owner = $1, leased_until = $2 \
-                         WHERE lane = ANY(ARRAY({} FOR UPDATE SKIP LOCKED)) RETURNING lane",
-                        pick.replace("{o}", "$1")
-                            .replace("{now}", "$3")
-                            .replace("{n}", "$4")
-                    );
-                    diesel::sql_query(sql)
-                        .bind::<Text, _>(&owner)
-                        .bind::<Timestamp, _>(until)
-                        .bind::<Timestamp, _>(now_n)
-                        .bind::<BigInt, _>(wanted)
-                        .load(c)?
-                }
-                AnyConnection::Sqlite(c) => {
-                    // One writer at a time (IMMEDIATE): the pick and the update are atomic.
-                    let sql = format!(
-                        "UPDATE tid_lanes SET owner = ?1, leased_until = ?2 \
-                         WHERE lane IN ({}) RETURNING lane",
-                        pick.replace("{o}", "?1")
-                            .replace("{now}", "?3")
-                            .replace("{n}", "?4")
-                    );
-                    diesel::sql_query(sql)
-                        .bind::<Text, _>(&owner)
-                        .bind::<Timestamp, _>(until)
-                        .bind::<Timestamp, _>(now_n)
-                        .bind::<BigInt, _>(wanted)
-                        .load(c)?
-                }
+            let p = match c {
+                AnyConnection::Postgres(_) => "$",
+                AnyConnection::Sqlite(_) => "?",
             };
+            let pick = format!(
+                "SELECT lane FROM tid_lanes \
+                 WHERE owner = {p}1 OR owner IS NULL OR leased_until IS NULL \
+                   OR leased_until < {p}3 \
+                 ORDER BY CASE WHEN owner = {p}1 THEN 0 ELSE 1 END, lane LIMIT {p}4"
+            );
+            // The pick and the update are one statement. On PostgreSQL the pick locks, skipping
+            // lanes another instance is taking right now, and is evaluated once (ANY(ARRAY(…)));
+            // SQLite runs one writer at a time (IMMEDIATE), so there it is atomic as it stands.
+            let chosen = match c {
+                AnyConnection::Postgres(_) => {
+                    format!("= ANY(ARRAY({pick} FOR UPDATE SKIP LOCKED))")
+                }
+                AnyConnection::Sqlite(_) => format!("IN ({pick})"),
+            };
+            let sql = format!(
+                "UPDATE tid_lanes SET owner = {p}1, leased_until = {p}2 \
+                 WHERE lane {chosen} RETURNING lane"
+            );
+            let mut lanes: Vec<Lane> = diesel::sql_query(sql)
+                .bind::<Text, _>(&owner)
+                .bind::<Timestamp, _>(until)
+                .bind::<Timestamp, _>(now_n)
+                .bind::<BigInt, _>(wanted)
+                .load(c)?;
             // Lanes held beyond `wanted` (a smaller want than last time) are let go.
-            let kept: Vec<i32> = lanes.iter().map(|l| l.lane).collect();
+            let kept: Vec<i64> = lanes.iter().map(|l| i64::from(l.lane)).collect();
+            let kept = if kept.is_empty() {
+                "-1".to_owned()
+            } else {
+                super::id_list(&kept)
+            };
             diesel::sql_query(format!(
                 "UPDATE tid_lanes SET owner = NULL, leased_until = NULL \
-                 WHERE owner = {} AND lane NOT IN ({})",
-                match c {
-                    AnyConnection::Postgres(_) => "$1",
-                    AnyConnection::Sqlite(_) => "?1",
-                },
-                if kept.is_empty() {
-                    "-1".to_owned()
-                } else {
-                    kept.iter()
-                        .map(i32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
+                 WHERE owner = {p}1 AND lane NOT IN ({kept})"
             ))
             .bind::<Text, _>(&owner)
             .execute(c)?;
