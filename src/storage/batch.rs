@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 
 use super::{AnyConnection, StoreError};
-use crate::storage::models::NewCharge;
+use crate::storage::models::{ChargeRow, NewCharge};
 
 /// Rows in the largest multi-row statement [`shapes`] makes: at most 14 parameters a row
 /// keeps every statement far below SQLite's 32,766 and PostgreSQL's 65,535 parameters.
@@ -114,6 +114,22 @@ impl Sql {
         self.push(")")
     }
 
+    /// On PostgreSQL, `AND {key} = ANY(ARRAY(SELECT id FROM v))`: an `UPDATE … FROM v` then
+    /// finds its rows through `key`'s index whatever the statistics say. Without it the planner
+    /// can take a filter such as `claimed_by = $owner` for rare (the statistics were gathered
+    /// while no row was claimed), scan the whole table instead and join each row it keeps
+    /// against every row of `v`: 18–28 ms a statement at 10,000 subscriptions and growing with
+    /// the table, about 220 µs of server CPU per charge (bench/RESULTS.md, session 9). SQLite
+    /// reads `v` and looks each row up by key already.
+    fn by_key_of_v(&mut self, key: &str) -> &mut Self {
+        if self.pg {
+            self.push(" AND ")
+                .push(key)
+                .push(" = ANY(ARRAY(SELECT id FROM v))");
+        }
+        self
+    }
+
     fn prepared(self) -> Prepared {
         Prepared {
             sql: self.text,
@@ -132,10 +148,17 @@ impl Sql {
     }
 
     fn load_ids(self, c: &mut AnyConnection) -> Result<Vec<Returned>, StoreError> {
+        self.load(c)
+    }
+
+    fn load<T>(self, c: &mut AnyConnection) -> Result<Vec<T>, StoreError>
+    where
+        T: QueryableByName<diesel::sqlite::Sqlite> + QueryableByName<diesel::pg::Pg> + 'static,
+    {
         let q = self.prepared();
         Ok(match c {
-            AnyConnection::Sqlite(c) => q.load::<Returned>(c)?,
-            AnyConnection::Postgres(c) => q.load::<Returned>(c)?,
+            AnyConnection::Sqlite(c) => q.load::<T>(c)?,
+            AnyConnection::Postgres(c) => q.load::<T>(c)?,
         })
     }
 }
@@ -247,6 +270,7 @@ fn start_bookkeeping_chunk(
     .param(Value::Ts(Some(now)))
     .push(" FROM v WHERE billing_state.subscription_id = v.id AND billing_state.claimed_by = ")
     .param(Value::Text(Some(owner.to_owned())))
+    .by_key_of_v("billing_state.subscription_id")
     .push(" RETURNING billing_state.subscription_id AS id, NULL AS key");
     Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
 }
@@ -311,13 +335,14 @@ pub(super) struct ChargeUpdate<'a> {
 }
 
 /// Records outcomes of a batch of charges in one UPDATE, only on charges still unresolved.
-/// Returns the ids updated.
+/// Returns the rows updated, as they are now (what their webhooks tell, without reading them
+/// again).
 pub(super) fn update_charges(
     c: &mut AnyConnection,
     rows: &[ChargeUpdate<'_>],
-) -> Result<HashSet<i64>, StoreError> {
+) -> Result<Vec<ChargeRow>, StoreError> {
     if rows.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Vec::new());
     }
     let mut sql = Sql::new(c);
     sql.push(
@@ -356,10 +381,18 @@ pub(super) fn update_charges(
          late_check_at = v.late_check_at, \
          last_lookup_at = COALESCE(v.last_lookup_at, charges.last_lookup_at), \
          tid = COALESCE(charges.tid, v.tid) \
-         FROM v WHERE charges.id = v.id AND charges.state IN ('pending', 'unknown') \
-         RETURNING charges.id AS id, NULL AS key",
-    );
-    Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
+         FROM v WHERE charges.id = v.id AND charges.state IN ('pending', 'unknown')",
+    )
+    .by_key_of_v("charges.id");
+    // The updated table's columns only: SQLite's `*` is those, PostgreSQL's would add `v`'s
+    // (and SQLite refuses `charges.*` there).
+    let returning = if sql.pg {
+        " RETURNING charges.*"
+    } else {
+        " RETURNING *"
+    };
+    sql.push(returning);
+    sql.load(c)
 }
 
 /// Moves subscriptions on after settled attempts, releasing their claims, in one UPDATE; only
@@ -416,11 +449,14 @@ pub(super) fn advance_subscriptions(
                          ELSE v.notice_at END, ",
         );
     }
-    sql.push("updated_at = ").param(Value::Ts(Some(now))).push(
-        " FROM v WHERE billing_state.subscription_id = v.id \
-             AND billing_state.next_cycle = v.on_cycle \
-             RETURNING billing_state.subscription_id AS id, NULL AS key",
-    );
+    sql.push("updated_at = ")
+        .param(Value::Ts(Some(now)))
+        .push(
+            " FROM v WHERE billing_state.subscription_id = v.id \
+             AND billing_state.next_cycle = v.on_cycle",
+        )
+        .by_key_of_v("billing_state.subscription_id")
+        .push(" RETURNING billing_state.subscription_id AS id, NULL AS key");
     Ok(sql.load_ids(c)?.into_iter().map(|r| r.id).collect())
 }
 
@@ -446,9 +482,10 @@ pub(super) fn set_notice_plans(
         sql.push(
             ") UPDATE billing_state SET notice_cycle = billing_state.next_cycle, \
              notice_due = billing_state.next_charge_at, notice_lead = v.lead, notice_at = v.at \
-             FROM v WHERE billing_state.subscription_id = v.id \
-             RETURNING billing_state.subscription_id AS id, NULL AS key",
-        );
+             FROM v WHERE billing_state.subscription_id = v.id",
+        )
+        .by_key_of_v("billing_state.subscription_id")
+        .push(" RETURNING billing_state.subscription_id AS id, NULL AS key");
         sql.load_ids(c)?;
     }
     Ok(())

@@ -159,19 +159,33 @@ pub(super) fn for_charges(
     ids: &[(ChargeId, Option<DateTime<Utc>>)],
 ) -> Result<(), StoreError> {
     let next: HashMap<i64, Option<DateTime<Utc>>> = ids.iter().map(|(i, n)| (i.0, *n)).collect();
-    let mut items = Vec::new();
+    let mut rows = Vec::new();
     let all: Vec<i64> = next.keys().copied().collect();
     for chunk in all.chunks(super::MAX_IDS_PER_STATEMENT) {
-        let rows: Vec<ChargeRow> = charges::table
+        let loaded: Vec<ChargeRow> = charges::table
             .filter(charges::id.eq_any(chunk))
-            .order(charges::id)
             .select(ChargeRow::as_select())
             .load(c)?;
-        items.extend(
-            rows.iter()
-                .filter_map(|r| charge_item(r, next.get(&r.id).copied().flatten())),
-        );
+        rows.extend(loaded.into_iter().map(|r| {
+            let n = next.get(&r.id).copied().flatten();
+            (r, n)
+        }));
     }
+    rows.sort_unstable_by_key(|(r, _)| r.id);
+    for_charge_rows(c, now, &rows)
+}
+
+/// The webhooks of charges whose outcomes were just recorded, from the rows as written (each
+/// with the time of the next try, for a decline), in the order given.
+pub(super) fn for_charge_rows(
+    c: &mut AnyConnection,
+    now: NaiveDateTime,
+    rows: &[(ChargeRow, Option<DateTime<Utc>>)],
+) -> Result<(), StoreError> {
+    let items = rows
+        .iter()
+        .filter_map(|(r, next)| charge_item(r, *next))
+        .collect();
     enqueue(c, now, items)
 }
 

@@ -321,7 +321,7 @@ impl Store {
             }
         }
         self.write(move |c| {
-            let mut applied = HashSet::new();
+            let mut applied = HashMap::new();
             for chunk in batch::shaped(&outcomes) {
                 let updates: Vec<batch::ChargeUpdate<'_>> = chunk
                     .iter()
@@ -332,11 +332,15 @@ impl Store {
                         last_lookup_at: (o.result.lookups > 0).then_some(now),
                     })
                     .collect();
-                applied.extend(batch::update_charges(c, &updates)?);
+                applied.extend(
+                    batch::update_charges(c, &updates)?
+                        .into_iter()
+                        .map(|row| (row.id, row)),
+                );
             }
             let mine: Vec<&Outcome> = outcomes
                 .iter()
-                .filter(|o| applied.contains(&o.charge_id.0))
+                .filter(|o| applied.contains_key(&o.charge_id.0))
                 .collect();
             let advancing: Vec<(i64, i32, &Bookkeeping)> = mine
                 .iter()
@@ -374,14 +378,15 @@ impl Store {
             }
             // The charges' webhooks, then those of the events (a status change after the
             // charge that caused it), all in this transaction.
-            let told: Vec<_> = mine
+            let mut told: Vec<_> = mine
                 .iter()
-                .map(|o| {
+                .filter_map(|o| {
                     let next = o.bookkeeping.as_ref().and_then(|b| b.next_charge_at);
-                    (o.charge_id, next)
+                    applied.remove(&o.charge_id.0).map(|row| (row, next))
                 })
                 .collect();
-            outbox::for_charges(c, now, &told)?;
+            told.sort_unstable_by_key(|(row, _)| row.id);
+            outbox::for_charge_rows(c, now, &told)?;
             insert_events(c, now, &evs)?;
             Ok(mine.len())
         })
