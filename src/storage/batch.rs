@@ -335,6 +335,11 @@ pub(super) struct ChargeUpdate<'a> {
 }
 
 /// Records outcomes of a batch of charges in one UPDATE, only on charges still unresolved.
+///
+/// The state test is a `CASE` so that PostgreSQL cannot answer it from the partial indexes on
+/// unresolved charges (`charges_by_bid`, …): with statistics that count a few unresolved rows
+/// it scanned every attempt in flight (hundreds to thousands) for each batch of outcomes,
+/// instead of looking the batch's rows up by id.
 /// Returns the rows updated, as they are now (what their webhooks tell, without reading them
 /// again).
 pub(super) fn update_charges(
@@ -381,7 +386,8 @@ pub(super) fn update_charges(
          late_check_at = v.late_check_at, \
          last_lookup_at = COALESCE(v.last_lookup_at, charges.last_lookup_at), \
          tid = COALESCE(charges.tid, v.tid) \
-         FROM v WHERE charges.id = v.id AND charges.state IN ('pending', 'unknown')",
+         FROM v WHERE charges.id = v.id \
+         AND CASE WHEN charges.state IN ('pending', 'unknown') THEN 1 ELSE 0 END = 1",
     )
     .by_key_of_v("charges.id");
     // The updated table's columns only: SQLite's `*` is those, PostgreSQL's would add `v`'s
