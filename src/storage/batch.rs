@@ -335,13 +335,13 @@ pub(super) struct ChargeUpdate<'a> {
 }
 
 /// Records outcomes of a batch of charges in one UPDATE, only on charges still unresolved.
+/// Returns the rows updated, as they are now (what their webhooks tell, without reading them
+/// again).
 ///
 /// The state test is a `CASE` so that PostgreSQL cannot answer it from the partial indexes on
 /// unresolved charges (`charges_by_bid`, …): with statistics that count a few unresolved rows
 /// it scanned every attempt in flight (hundreds to thousands) for each batch of outcomes,
 /// instead of looking the batch's rows up by id.
-/// Returns the rows updated, as they are now (what their webhooks tell, without reading them
-/// again).
 pub(super) fn update_charges(
     c: &mut AnyConnection,
     rows: &[ChargeUpdate<'_>],
