@@ -1311,7 +1311,8 @@ async fn upgrade_story(db: OldDb) {
     exec(store, sql).await;
     // Every migration since the first schema is pending (ownership first, then the webhook
     // outbox, then upcoming notices, then NICEPAY v1's charges (a table rebuild on SQLite),
-    // then TID lanes): the upgrade below goes through all of them.
+    // then TID lanes, then one index fewer on charges): the upgrade below goes through all of
+    // them.
     assert_eq!(
         store.pending_migrations().await.unwrap(),
         vec![
@@ -1320,6 +1321,7 @@ async fn upgrade_story(db: OldDb) {
             "2026-12-06-000001_upcoming".to_owned(),
             "2026-12-07-000001_v1".to_owned(),
             "2026-12-08-000001_tid_lanes".to_owned(),
+            "2026-12-09-000001_fewer_charge_indexes".to_owned(),
         ],
         "{label}: not a database of the previous main"
     );
