@@ -29,27 +29,29 @@ use support::*;
 const TOTAL: i64 = 4_000;
 const DUE: i64 = 1_000;
 
-#[derive(QueryableByName)]
+/// `billing_state` as PostgreSQL's statistics count it.
+#[derive(QueryableByName, Clone, Copy, Debug, PartialEq)]
 struct Counters {
     #[diesel(sql_type = BigInt)]
     seq_scan: i64,
     #[diesel(sql_type = BigInt)]
     n_tup_upd: i64,
+    #[diesel(sql_type = BigInt)]
+    n_tup_ins: i64,
 }
 
-/// `billing_state`'s sequential scans and updated rows as PostgreSQL's statistics count them.
-async fn counters(store: &Store) -> (i64, i64) {
+async fn counters(store: &Store) -> Counters {
     store
-        .run(|c| -> Result<(i64, i64), StoreError> {
+        .run(|c| -> Result<Counters, StoreError> {
             let AnyConnection::Postgres(pg) = c else {
                 unreachable!("PostgreSQL only")
             };
             let rows: Vec<Counters> = diesel::sql_query(
-                "SELECT seq_scan, n_tup_upd FROM pg_stat_user_tables \
+                "SELECT seq_scan, n_tup_upd, n_tup_ins FROM pg_stat_user_tables \
                  WHERE relname = 'billing_state' AND schemaname = current_schema()",
             )
             .load(pg)?;
-            Ok((rows[0].seq_scan, rows[0].n_tup_upd))
+            Ok(rows[0])
         })
         .await
         .unwrap()
@@ -58,40 +60,17 @@ async fn counters(store: &Store) -> (i64, i64) {
 /// The counters once every earlier write (the migrations, the seeding) is counted: a backend
 /// reports its counts when it goes idle, at most once a second, so they are read until the
 /// seeded rows are in and two reads 1.1 s apart agree.
-async fn settled(store: &Store, seeded: i64) -> (i64, i64) {
+async fn settled(store: &Store, seeded: i64) -> Counters {
     let mut last = counters(store).await;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let now = counters(store).await;
-        if now == last && ins(store).await >= seeded {
+        if now == last && now.n_tup_ins >= seeded {
             return now;
         }
         last = now;
     }
     panic!("PostgreSQL's statistics did not settle: {last:?}");
-}
-
-/// Rows inserted into `billing_state`, as counted.
-async fn ins(store: &Store) -> i64 {
-    store
-        .run(|c| -> Result<i64, StoreError> {
-            let AnyConnection::Postgres(pg) = c else {
-                unreachable!("PostgreSQL only")
-            };
-            #[derive(QueryableByName)]
-            struct N {
-                #[diesel(sql_type = BigInt)]
-                n: i64,
-            }
-            let rows: Vec<N> = diesel::sql_query(
-                "SELECT n_tup_ins AS n FROM pg_stat_user_tables \
-                 WHERE relname = 'billing_state' AND schemaname = current_schema()",
-            )
-            .load(pg)?;
-            Ok(rows[0].n)
-        })
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +131,7 @@ async fn a_pass_finds_its_rows_by_key_with_stale_statistics() {
         assert_eq!(sim.ledger().len() as i64, DUE, "{}", db.label);
         drop(engine);
 
-        let Some((seq_before, upd_before)) = before else {
+        let Some(before) = before else {
             eprintln!(
                 "a_pass_finds_its_rows_by_key: sqlite has no scan counters; the pass charged every due row once"
             );
@@ -163,18 +142,18 @@ async fn a_pass_finds_its_rows_by_key_with_stale_statistics() {
         // and the outcome: at least two updates a charge), so that the scans are too.
         let mut after = counters(&db.store).await;
         for _ in 0..150 {
-            if after.1 - upd_before >= 2 * DUE {
+            if after.n_tup_upd - before.n_tup_upd >= 2 * DUE {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             after = counters(&db.store).await;
         }
         assert!(
-            after.1 - upd_before >= 2 * DUE,
+            after.n_tup_upd - before.n_tup_upd >= 2 * DUE,
             "PostgreSQL's statistics never counted the pass's updates: {before:?} → {after:?}"
         );
         assert_eq!(
-            after.0 - seq_before,
+            after.seq_scan - before.seq_scan,
             0,
             "sequential scans of billing_state during a pass of {DUE} charges (of {TOTAL} rows): \
              a hot-path statement stopped finding its rows by key"

@@ -458,10 +458,10 @@ impl Engine {
 
     /// Leases this instance's TID lanes (web API only), or renews them once a minute: enough
     /// lanes for three claim batches a second (one to three: a claim takes at most 500 rows;
-    /// two lanes at 500-row claims measured 0.92 on the four-instance bench, three 0.93). A hint against TID
-    /// collisions between instances sharing a MID (each costs an insert that waits for the
-    /// other instance's uncommitted batch), never needed for correctness: on an error, or with
-    /// no lane free, TIDs are minted from the whole second as before.
+    /// two lanes at 500-row claims measured 0.92 on the four-instance bench, three 0.93). A
+    /// hint against TID collisions between instances sharing a MID (each costs an insert that
+    /// waits for the other instance's uncommitted batch), never needed for correctness: on an
+    /// error, or with no lane free, TIDs are minted from the whole second as before.
     async fn lease_tid_lanes(&self) {
         if !self.gateway.mints_tids() {
             return;
